@@ -1,0 +1,235 @@
+"""Typed run configuration, read from YAML with strict keys.
+
+A config is a tree of dataclasses. :func:`from_dict` fills it from plain data and rejects
+any unknown key (a typo would otherwise be silently ignored), naming the nearest valid one.
+The resolved config (every default filled in) is saved with each run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import yaml
+
+from ._io import write_text
+from ._names import unknown_name_message
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names its dotted path."""
+
+
+@dataclass
+class Schedule:
+    """A piecewise-linear schedule: ``values[i]`` at epoch ``epochs[i]``, linear in between.
+
+    Evaluated at fractional epochs (epoch + fraction of the epoch done) and held constant
+    outside the knots, like ``numpy.interp``.
+    """
+
+    epochs: list[float]
+    values: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.epochs) != len(self.values) or not self.epochs:
+            raise ConfigError(
+                f"a schedule needs as many epochs as values (got {len(self.epochs)} epochs, {len(self.values)} values)"
+            )
+        if any(b < a for a, b in zip(self.epochs, self.epochs[1:])):
+            raise ConfigError(f"schedule epochs must be non-decreasing, got {self.epochs}")
+
+    def __call__(self, epoch: float) -> float:
+        return float(np.interp(epoch, self.epochs, self.values))
+
+    @classmethod
+    def constant(cls, value: float) -> "Schedule":
+        return cls([0.0], [value])
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from and how they are split.
+
+    source: ``digits`` (the embedded scikit-learn digits), ``folder`` (``path`` holds
+        ``clean/NAME.png`` and ``perturbed/NAME*.png``) or ``npz`` (``path`` is a NumPy
+        ``.npz`` with arrays ``x`` (N, C, H, W), ``x_tilde`` (N, C, H, W) or
+        (N, K, C, H, W), optional ``y`` (N,)).
+    perturbation: for clean-only sources, the perturbation applied to make x̃, e.g.
+        ``{name: rts, angle: 45}``; ``null`` for sources that already hold pairs.
+    fixed_perturbations: ``k`` to draw k perturbations per image once and store them
+        (the paper's RTS-k); ``null`` for a fresh perturbation at every access.
+    split: train / val / test sizes, as fractions of the images or as counts.
+    """
+
+    source: str = "digits"
+    path: str | None = None
+    canvas: int = 42
+    perturbation: dict[str, Any] | None = field(default_factory=lambda: {"name": "rts"})
+    fixed_perturbations: int | None = None
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    value_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+
+
+@dataclass
+class ModelConfig:
+    """The CVAE: a registered architecture name, its options and the output likelihood."""
+
+    architecture: str = "mnist_stn"
+    options: dict[str, Any] = field(default_factory=dict)
+    distribution: str = "bernoulli"
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation of the CVAE (Adam; learning rate and β interpolated every batch)."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: Schedule = field(default_factory=lambda: Schedule([0, 40, 100], [0.0, 8e-4, 0.0]))
+    beta: Schedule = field(default_factory=lambda: Schedule([0, 10, 50, 100], [0.0, 0.01, 1.0, 1.0]))
+    weight_decay: float = 0.0
+    device: str = "auto"
+    select: str = "best"
+
+
+@dataclass
+class EvaluationConfig:
+    """Radius selection and the quality metrics of Appendix B.
+
+    radius: ``max`` (the paper's rule: the largest validation encoding norm), a
+        percentile such as ``p99``, or a number.
+    radius_passes: passes over the validation set for on-the-fly perturbations.
+    pgd_step_size: ``null`` means radius / 20, as in the paper.
+    metric: ``nll`` (the generator's own error term: BCE for Bernoulli, squared error for
+        Gaussian — how the paper's tables were computed) or ``mse`` (squared error always).
+    """
+
+    radius: float | str = "max"
+    radius_passes: int = 5
+    pgd_steps: int = 50
+    pgd_step_size: float | None = None
+    eae_samples: int = 5
+    metric: str = "nll"
+    batch_size: int = 256
+    passes: int = 1
+
+
+@dataclass
+class Config:
+    """A whole perturbation-set run: data → CVAE training → radius → evaluation."""
+
+    name: str = "perturbation_set"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        t = self.training
+        for name, ok in [
+            ("training.epochs", t.epochs >= 1),
+            ("training.batch_size", t.batch_size >= 1),
+            ("evaluation.pgd_steps", self.evaluation.pgd_steps >= 0),
+            ("evaluation.eae_samples", self.evaluation.eae_samples >= 1),
+            ("evaluation.batch_size", self.evaluation.batch_size >= 1),
+        ]:
+            if not ok:
+                raise ConfigError(f"{name} is out of range: see the docstring of {type(self).__name__}")
+        if t.select not in ("best", "latest"):
+            raise ConfigError(f"training.select must be 'best' or 'latest', got {t.select!r}")
+        if self.evaluation.metric not in ("nll", "mse"):
+            raise ConfigError(f"evaluation.metric must be 'nll' or 'mse', got {self.evaluation.metric!r}")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are errors naming the nearest key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(unknown_name_message("config key", path, [f"{where}.{n}" if where else n for n in names]))
+        kwargs[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (for YAML/JSON) from a config dataclass tree."""
+    return dataclasses.asdict(obj)
+
+
+def load_config(path: str | Path, cls: type[T] = Config) -> T:
+    """Read a YAML config file into ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a config must be a mapping")
+    return from_dict(cls, data)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config (all defaults filled) as YAML, atomically."""
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
