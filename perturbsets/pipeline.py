@@ -1,0 +1,121 @@
+"""Pairs → trained CVAE → radius → quality report → saved :class:`PerturbationSet`.
+
+:func:`learn_perturbation_set` is what ``perturbsets train`` and ``perturbsets demo`` run;
+:func:`evaluate_saved_set` is ``perturbsets evaluate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ._io import write_json
+from .config import Config
+from .cvae import CVAE
+from .data import PairBatch, PairedData, load_pairs
+from .perturbation_set import PerturbationSet
+from .quality import QualityReport, evaluate_quality
+from .radius import LatentNormStats, latent_norms, norm_statistics, select_radius
+from .report import write_report
+from .train import TrainResult, derive_seed, resolve_device, train_cvae
+
+SET_DIR = "perturbation_set"
+
+
+def evaluation_batches(
+    data: PairedData, batch_size: int, seed: int, passes: int, device: torch.device | str
+) -> Iterator[PairBatch]:
+    """Every stored pair once, or ``passes`` seeded passes of fresh on-the-fly pairs."""
+    if data.is_stored:
+        yield from data.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
+        return
+    for p in range(passes):
+        yield from data.batches(batch_size, shuffle=False, seed=derive_seed(seed, 7), epoch=p, device=device)
+
+
+@dataclass
+class RadiusChoice:
+    radius: float
+    norms: np.ndarray
+    stats: LatentNormStats
+
+
+def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
+    """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
+    ev = config.evaluation
+    norms = latent_norms(cvae, evaluation_batches(val, ev.batch_size, config.seed, ev.radius_passes, device))
+    return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
+
+
+def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: LatentNormStats | None, progress: bool) -> QualityReport:
+    ev = config.evaluation
+    return evaluate_quality(
+        pset,
+        evaluation_batches(test, ev.batch_size, derive_seed(config.seed, 11), ev.passes, pset.device),
+        steps=ev.pgd_steps,
+        step_size=ev.pgd_step_size,
+        eae_samples=ev.eae_samples,
+        metric=ev.metric,
+        seed=config.seed,
+        latent_norms=stats,
+        progress=progress,
+    )
+
+
+@dataclass
+class LearnResult:
+    """A learned set with its quality report, training record and output folder."""
+
+    perturbation_set: PerturbationSet
+    report: QualityReport
+    training: TrainResult
+    radius: RadiusChoice
+    out_dir: Path
+
+
+def learn_perturbation_set(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    data: PairedData | None = None,
+    progress: bool = True,
+) -> LearnResult:
+    """Train, pick ε on the validation split, evaluate on the test split, save everything.
+
+    ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
+    ``perturbation_set/``, ``metrics.json``, figures and ``report.md``.
+    """
+    out_dir = Path(out_dir)
+    result = train_cvae(config, out_dir, resume=resume, data=data, progress=progress)
+    choice = choose_radius(result.cvae, result.splits.val, config, result.device)
+    pset = PerturbationSet(
+        result.cvae,
+        choice.radius,
+        architecture=config.model.architecture,
+        options=config.model.options,
+        value_range=tuple(config.data.value_range),
+    )
+    report = assess(pset, result.splits.test, config, choice.stats, progress)
+    pset.metrics = report.to_dict()
+    pset.save(out_dir / SET_DIR)
+    write_json(out_dir / "metrics.json", pset.metrics)
+    np.save(out_dir / "latent_norms.npy", choice.norms)
+    write_report(out_dir, pset, report, result.splits.test, config, choice.norms, result.history)
+    return LearnResult(pset, report, result, choice, out_dir)
+
+
+def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path, *, progress: bool = True) -> QualityReport:
+    """Evaluate a saved set on the test split of ``config.data`` and write metrics and report."""
+    device = resolve_device(config.training.device)
+    pset = PerturbationSet.load(set_dir, device=device)
+    splits = load_pairs(config.data, config.seed).split(config.data.split, seed=config.seed)
+    report = assess(pset, splits.test, config, None, progress)
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", report.to_dict())
+    write_report(out_dir, pset, report, splits.test, config, None, None)
+    return report
