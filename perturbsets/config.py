@@ -144,6 +144,8 @@ class Config:
         ]:
             if not ok:
                 raise ConfigError(f"{name} is out of range: see the docstring of {type(self).__name__}")
+        if "distribution" in self.model.options:
+            raise ConfigError("set the output distribution with model.distribution, not model.options.distribution")
         if t.select not in ("best", "latest"):
             raise ConfigError(f"training.select must be 'best' or 'latest', got {t.select!r}")
         if self.evaluation.metric not in ("nll", "mse"):

@@ -227,7 +227,7 @@ class PerturbationSet:
                 raise ValueError(
                     f"{directory} holds a CVAE made of custom modules; pass cvae=<a model of the same architecture> to load it"
                 )
-            cvae = build_cvae(arch["name"], distribution=manifest["distribution"], **arch["options"])
+            cvae = build_cvae(arch["name"], **{"distribution": manifest["distribution"], **arch["options"]})
         try:
             cvae.load_state_dict(tensors)
         except RuntimeError as err:

@@ -19,7 +19,6 @@ The callable dataclasses :class:`LinfNoise` and :class:`RTS` share the interface
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol

@@ -1,0 +1,112 @@
+"""End to end through the command line: demo, train, evaluate, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from perturbsets import PerturbationSet
+from perturbsets.cli import main
+from perturbsets.data import load_digits
+
+METRIC_KEYS = {"radius", "enc_ae", "pgd_ae", "eae", "oae", "recon", "kl", "latent_norms"}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_demo_quick_writes_the_whole_run(demo_dir):
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    for key in ("enc_ae", "pgd_ae", "eae", "oae", "recon"):
+        assert 0 <= metrics[key]["mean"] < 10
+    # PGD AE is the best point of a search that starts at the Enc AE point.
+    assert metrics["pgd_ae"]["mean"] <= metrics["enc_ae"]["mean"] + 1e-9
+    # The radius is the largest validation encoding (Appendix B).
+    assert metrics["radius"] == pytest.approx(metrics["latent_norms"]["max"])
+    for fig in ("pairs", "samples", "interpolation", "latent_norms"):
+        assert (demo_dir / "figures" / f"{fig}.png").stat().st_size > 1000
+    report = (demo_dir / "report.md").read_text()
+    assert "| Model | ε | Enc. AE | PGD AE | EAE | OAE | Recon. err | KL |" in report
+    assert "](figures/samples.png)" in report
+
+
+def test_demo_set_loads_and_samples(demo_dir):
+    pset = PerturbationSet.load(demo_dir / "perturbation_set")
+    assert pset.input_shape == (1, 42, 42)
+    images, _ = load_digits(42)
+    samples = pset.sample(images[:3], 4, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 4, 1, 42, 42)
+    assert 0 <= samples.min() and samples.max() <= 1
+
+
+def write_config(path, **overrides):
+    config = {
+        "name": "cli",
+        "seed": 1,
+        "data": {
+            "source": "digits",
+            "canvas": 28,
+            "perturbation": {"name": "linf", "epsilon": 0.3},
+            "split": {"train": 64, "val": 32, "test": 16},
+        },
+        "model": {"architecture": "mnist_fc", "options": {"hidden": 32, "latent_dim": 8}},
+        "training": {"epochs": 1, "batch_size": 32, "device": "cpu"},
+        "evaluation": {"pgd_steps": 3, "eae_samples": 2, "radius_passes": 1},
+    }
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "perturbation set saved" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "run" / "perturbation_set"), "--config", str(cfg), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["radius"] == trained["radius"]
+    # Same data, seed and settings: the evaluation is reproducible.
+    assert evaluated["enc_ae"]["mean"] == pytest.approx(trained["enc_ae"]["mean"], rel=1e-6)
+    assert (tmp_path / "ev" / "report.md").is_file()
+
+
+def test_train_resume_finishes_a_run(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet", "--resume"]) == 0
+
+
+def test_config_typo_is_reported_with_the_nearest_key(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", training={"epcohs": 2})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "training.epcohs" in err and "did you mean 'training.epochs'" in err
+
+
+def test_evaluate_rejects_a_folder_that_is_not_a_set(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml")
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--config", str(cfg), "--out", str(tmp_path / "ev")]) == 2
+    assert "not a saved perturbation set" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_data_of_another_shape(demo_dir, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml")  # 28×28 data; the demo set takes 42×42
+    assert main(["evaluate", str(demo_dir / "perturbation_set"), "--config", str(cfg), "--out", str(tmp_path / "ev")]) == 2
+    assert "(N, 1, 42, 42)" in capsys.readouterr().err
+
+
+def test_unknown_data_source(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", data={"source": "mnsit"})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown data.source 'mnsit'" in capsys.readouterr().err

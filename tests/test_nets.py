@@ -1,0 +1,207 @@
+"""Tests for perturbsets.nets: the MNIST architectures against the authors' state dicts, registry."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perturbsets import nets
+from perturbsets.cvae import CVAE, ScaledTanh
+from perturbsets.nets import CVAE_ARCHITECTURES, build_cvae, register_cvae
+from perturbsets.nets.mnist import SpatialTransformer
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+REFERENCE = Path("/work/shared/reference/state_dicts")
+if not REFERENCE.is_dir():  # fall back to a copy relative to the repository
+    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "state_dicts"
+
+
+def _parse_state_dict_listing(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Lines ``key (d0, d1, ...)`` after two ``#`` header lines."""
+    path = REFERENCE / f"{name}.txt"
+    if not path.is_file():
+        pytest.skip(f"reference listing {path} not available")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("#") and lines[1].startswith("#")
+    out = []
+    for line in lines[2:]:
+        if not line.strip():
+            continue
+        key, shape = line.split(" ", 1)
+        parsed = ast.literal_eval(shape.strip())
+        out.append((key, tuple(parsed)))
+    return out
+
+
+@pytest.mark.parametrize("name,count", [("mnist_fc", 16), ("mnist_conv", 26), ("mnist_stn", 84)])
+def test_state_dict_matches_authors(name, count):
+    reference = _parse_state_dict_listing(name)
+    assert len(reference) == count
+    torch.manual_seed(0)
+    cvae = build_cvae(name)
+    ours = [(k, tuple(v.shape)) for k, v in cvae.state_dict().items()]
+    assert dict(ours) == dict(reference)
+    assert sorted(ours) == sorted(reference)
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [("mnist_fc", 6_152_832), ("mnist_conv", 426_766), ("mnist_stn", 6_435_084)],
+)
+def test_parameter_counts_match_reference_header(name, params):
+    torch.manual_seed(0)
+    cvae = build_cvae(name)
+    assert sum(p.numel() for p in cvae.parameters()) == params
+
+
+@pytest.mark.parametrize(
+    "name,input_shape,latent_shape",
+    [("mnist_fc", (1, 28, 28), (784,)), ("mnist_conv", (1, 28, 28), (128, 7, 7)), ("mnist_stn", (1, 42, 42), (128,))],
+)
+def test_default_shapes(name, input_shape, latent_shape):
+    torch.manual_seed(0)
+    cvae = build_cvae(name).eval()
+    assert isinstance(cvae, CVAE)
+    assert cvae.input_shape == input_shape and cvae.latent_shape == latent_shape
+    x = torch.rand(2, *input_shape)
+    with torch.no_grad():
+        out = cvae(x, torch.rand(2, *input_shape))
+    assert out.reconstruction.shape == (2, *input_shape)
+    assert out.prior.mean.shape == (2, *latent_shape) and out.posterior.logvar.shape == (2, *latent_shape)
+    assert out.z.shape == (2, *latent_shape)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,latent_shape",
+    [
+        ("mnist_fc", dict(input_shape=(1, 8, 8), hidden=16, latent_dim=4), (4,)),
+        ("mnist_fc", dict(input_shape=(3, 5, 6), hidden=8, latent_dim=3), (3,)),
+        ("mnist_conv", dict(input_shape=(1, 8, 8)), (128, 2, 2)),
+        ("mnist_conv", dict(input_shape=(2, 12, 16)), (128, 3, 4)),
+        ("mnist_stn", dict(input_shape=(1, 12, 12), latent_dim=8), (8,)),
+        ("mnist_stn", dict(input_shape=(2, 10, 11), latent_dim=3, n_transformers=2), (3,)),
+    ],
+)
+def test_small_forward_shapes(name, kwargs, latent_shape):
+    torch.manual_seed(0)
+    cvae = build_cvae(name, **kwargs)
+    shape = kwargs["input_shape"]
+    x, xt = torch.rand(3, *shape), torch.rand(3, *shape)
+    out = cvae(x, xt)
+    assert out.reconstruction.shape == (3, *shape) and out.z.shape == (3, *latent_shape)
+    assert cvae.generate(torch.randn(3, *latent_shape), x).shape == (3, *shape)
+    assert torch.isfinite(out.reconstruction).all()
+
+
+def test_logvar_head_options():
+    torch.manual_seed(0)
+    bounded = build_cvae("mnist_fc", input_shape=(1, 4, 4), hidden=8, latent_dim=3)
+    assert isinstance(bounded.prior.logvar_act, ScaledTanh)
+    linear = build_cvae("mnist_fc", input_shape=(1, 4, 4), hidden=8, latent_dim=3, logvar="linear")
+    x = torch.rand(2, 1, 4, 4)
+    h = F.relu(linear.prior.fc1(x.flatten(1)))
+    torch.testing.assert_close(linear.prior(x)[1], linear.prior.fc22(h))
+    # the bounded head keeps the log-variance in (ln 1e-3, ln 10) even for huge inputs
+    _, logvar = bounded.prior(torch.full((2, 1, 4, 4), 1e4))
+    assert (logvar > -6.91).all() and (logvar < 2.31).all()
+
+
+def test_concatenation_order_conditioning_image_first():
+    torch.manual_seed(0)
+    cvae = build_cvae("mnist_fc", input_shape=(1, 4, 4), hidden=8, latent_dim=3)
+    x, xt = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    h = F.relu(cvae.recognition.fc1(torch.cat([x.flatten(1), xt.flatten(1)], 1)))
+    torch.testing.assert_close(cvae.recognition(x, xt)[0], cvae.recognition.fc21(h))
+    z = torch.randn(2, 3)
+    h = F.relu(cvae.generator.fc3(torch.cat([x.flatten(1), z], 1)))
+    torch.testing.assert_close(cvae.generator(z, x), cvae.generator.fc4(h).view(2, 1, 4, 4))
+
+
+def test_spatial_transformer_starts_at_identity():
+    torch.manual_seed(0)
+    stn = SpatialTransformer((12, 12))
+    images = torch.rand(3, 1, 12, 12)
+    loc = torch.randn(3, 1, 12, 12)
+    out = stn(images, loc)
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+
+
+def test_stn_generator_transformers_start_at_identity():
+    torch.manual_seed(0)
+    cvae = build_cvae("mnist_stn", input_shape=(1, 12, 12), latent_dim=8).eval()
+    x = torch.rand(2, 1, 12, 12)
+    loc = cvae.generator.fc(torch.randn(2, 8)).view(2, 1, 12, 12)
+    for stn in cvae.generator.stns:
+        warped = stn(x, loc)
+        torch.testing.assert_close(warped[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(warped, x, atol=1e-5, rtol=0)
+
+
+def test_spatial_transformer_translation_uses_border_padding():
+    stn = SpatialTransformer((4, 4))
+    with torch.no_grad():
+        # shift the sampling grid by one pixel to the right (x' = x + 2/W in normalised coords)
+        stn.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.0]))
+    img = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    out = stn(img, torch.zeros(1, 1, 4, 4))
+    # each output pixel reads the input one column to the right; the last column is clamped
+    expected = torch.cat([img[..., 1:], img[..., -1:]], dim=-1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_build_cvae_unknown_name_suggests_nearest():
+    with pytest.raises(ValueError, match="unknown CVAE architecture 'mnist_stm'.*did you mean 'mnist_stn'"):
+        build_cvae("mnist_stm")
+    with pytest.raises(ValueError, match="valid: .*mnist_conv"):
+        build_cvae("resnet")
+
+
+def test_build_cvae_unknown_option_named():
+    with pytest.raises(ValueError, match="'hiden'.*did you mean 'hidden'"):
+        build_cvae("mnist_fc", hiden=16)
+    with pytest.raises(ValueError, match="'latent_dim'"):
+        build_cvae("mnist_conv", latent_dim=3)
+
+
+def test_bad_input_shapes():
+    with pytest.raises(ValueError, match="multiples of 4"):
+        build_cvae("mnist_conv", input_shape=(1, 10, 10))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        build_cvae("mnist_fc", input_shape=(28, 28))
+    with pytest.raises(ValueError, match="at least 3"):
+        build_cvae("mnist_stn", input_shape=(1, 2, 2))
+    with pytest.raises(ValueError, match="n_transformers"):
+        build_cvae("mnist_stn", input_shape=(1, 6, 6), n_transformers=0)
+    with pytest.raises(ValueError, match="unknown distribution"):
+        build_cvae("mnist_fc", input_shape=(1, 4, 4), hidden=4, latent_dim=2, distribution="poisson")
+
+
+def test_register_cvae_duplicate_and_new():
+    with pytest.raises(ValueError, match="already registered"):
+        register_cvae("mnist_fc")(lambda **kw: None)
+    assert CVAE_ARCHITECTURES["mnist_fc"] is nets.mnist.mnist_fc  # unchanged
+
+    name = "_test_only_tiny"
+    try:
+
+        @register_cvae(name)
+        def tiny(*, latent_dim: int = 2) -> CVAE:
+            return nets.mnist.mnist_fc(input_shape=(1, 4, 4), hidden=4, latent_dim=latent_dim)
+
+        assert build_cvae(name, latent_dim=3).latent_shape == (3,)
+        with pytest.raises(ValueError, match="'hidden'"):
+            build_cvae(name, hidden=3)
+    finally:
+        CVAE_ARCHITECTURES.pop(name, None)

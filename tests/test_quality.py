@@ -1,0 +1,289 @@
+"""Tests for perturbsets.quality: latent PGD, the six Appendix-B metrics and the report."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+
+from perturbsets.latent import sample_truncated_normal
+from perturbsets.nets import build_cvae
+from perturbsets.perturbation_set import PerturbationSet
+from perturbsets.quality import (
+    LABELS,
+    METRICS,
+    QualityReport,
+    approximation_errors,
+    evaluate_quality,
+    latent_pgd,
+    pixel_error,
+)
+from perturbsets.radius import norm_statistics
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+SHAPE = (1, 8, 8)
+
+
+def _pset(radius: float = 1.0, distribution: str = "bernoulli") -> PerturbationSet:
+    torch.manual_seed(0)
+    cvae = build_cvae("mnist_fc", input_shape=SHAPE, hidden=16, latent_dim=4, distribution=distribution)
+    return PerturbationSet(cvae, radius, architecture="mnist_fc")
+
+
+def _pairs(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *SHAPE, generator=gen), torch.rand(n, *SHAPE, generator=gen)
+
+
+def _encoding_by_hand(cvae, x, xt, radius):
+    mu_p, logvar_p = cvae.prior(x)
+    mu_q, logvar_q = cvae.recognition(x, xt)
+    u = (mu_q - mu_p) / torch.exp(0.5 * logvar_p)
+    norms = u.norm(dim=1, keepdim=True)
+    return u * torch.clamp(radius / norms, max=1.0), (mu_p, logvar_p, mu_q, logvar_q)
+
+
+def _probs_at(cvae, x, u):
+    mu_p, logvar_p = cvae.prior(x)
+    return torch.sigmoid(cvae.generator(mu_p + u * torch.exp(0.5 * logvar_p), x))
+
+
+# ---------------------------------------------------------------------------- latent PGD on a toy problem
+
+
+def _quadratic(c):
+    return lambda u: ((u - c) ** 2).sum(1)
+
+
+def test_latent_pgd_minimize_converges_to_constrained_minimiser():
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 3
+    c = c * (2.0 / c.norm(dim=1, keepdim=True)) * torch.linspace(1.5, 4, 6, dtype=torch.float64).view(6, 1)
+    radius = 1.3
+    start = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 0.2
+    best, best_u = latent_pgd(_quadratic(c), start, radius, steps=300, step_size=0.05, maximize=False)
+    cn = c.norm(dim=1, keepdim=True)
+    expected_u = c * radius / cn
+    torch.testing.assert_close(best_u, expected_u, atol=2e-3, rtol=0)
+    torch.testing.assert_close(best, ((cn.squeeze(1) - radius) ** 2), atol=1e-4, rtol=1e-4)
+    assert (best_u.norm(dim=1) <= radius * (1 + 1e-9)).all()
+    assert best.shape == (6,) and best_u.shape == (6, 5)
+
+
+def test_latent_pgd_maximize_converges_to_antipode():
+    gen = torch.Generator().manual_seed(1)
+    c = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    c = c / c.norm(dim=1, keepdim=True) * 2.5
+    radius = 1.0
+    start = torch.randn(4, 3, generator=gen, dtype=torch.float64) * 0.3
+    best, best_u = latent_pgd(_quadratic(c), start, radius, steps=300, step_size=0.05, maximize=True)
+    cn = c.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(best_u, -c * radius / cn, atol=2e-3, rtol=0)
+    torch.testing.assert_close(best, (cn.squeeze(1) + radius) ** 2, atol=1e-4, rtol=1e-4)
+
+
+def test_latent_pgd_keeps_best_iterate_and_start():
+    c = torch.tensor([[0.3, 0.0]], dtype=torch.float64)  # minimiser inside the ball
+    start = torch.tensor([[-0.5, 0.0]], dtype=torch.float64)
+    # fixed steps of 0.3 overshoot c; the best iterate is kept
+    best, best_u = latent_pgd(_quadratic(c), start, 1.0, steps=20, step_size=0.3, maximize=False)
+    assert best.item() <= 0.3**2 + 1e-12
+    assert _quadratic(c)(best_u).item() == pytest.approx(best.item())
+    # steps=0: the start is returned
+    best0, u0 = latent_pgd(_quadratic(c), start, 1.0, steps=0, step_size=0.3, maximize=False)
+    assert best0.item() == pytest.approx(0.64) and torch.equal(u0, start)
+    # a start that is already optimal is never replaced by a worse iterate
+    best1, u1 = latent_pgd(_quadratic(c), c.clone(), 1.0, steps=5, step_size=0.3, maximize=False)
+    assert best1.item() == 0.0 and torch.equal(u1, c)
+
+
+def test_latent_pgd_does_not_modify_input():
+    u = torch.zeros(2, 3)
+    c = torch.ones(2, 3)
+    latent_pgd(_quadratic(c), u, 1.0, steps=3, step_size=0.1, maximize=False)
+    assert torch.equal(u, torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------------------- pixel error
+
+
+def test_pixel_error_bernoulli_matches_torch_bce():
+    pset = _pset()
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, *SHAPE, generator=gen) * 2
+    target = torch.rand(3, *SHAPE, generator=gen)
+    err = pixel_error(pset, logits, target)
+    ref = torch.stack([F.binary_cross_entropy(torch.sigmoid(logits[i]), target[i]) for i in range(3)])
+    torch.testing.assert_close(err, ref, rtol=1e-5, atol=1e-6)
+    mse = pixel_error(pset, logits, target, metric="mse")
+    torch.testing.assert_close(mse, torch.stack([F.mse_loss(torch.sigmoid(logits[i]), target[i]) for i in range(3)]))
+    with pytest.raises(ValueError, match="unknown metric"):
+        pixel_error(pset, logits, target, metric="l1")
+
+
+def test_pixel_error_gaussian_nll_is_squared_error():
+    pset = _pset(distribution="gaussian")
+    logits, target = torch.randn(2, *SHAPE), torch.rand(2, *SHAPE)
+    expected = ((torch.sigmoid(logits) - target) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(pixel_error(pset, logits, target, "nll"), expected)
+
+
+# ---------------------------------------------------------------------------- approximation errors
+
+
+def test_approximation_errors_shapes_and_relations():
+    pset = _pset(radius=1.0)
+    x, xt = _pairs(6)
+    errs = approximation_errors(pset, x, xt, steps=10, eae_samples=3, generator=torch.Generator().manual_seed(0))
+    assert set(errs) == set(METRICS)
+    for k in METRICS:
+        assert errs[k].shape == (6,), k
+        assert torch.isfinite(errs[k]).all() and (errs[k] >= 0).all(), k
+    assert (errs["pgd_ae"] <= errs["enc_ae"]).all()
+    assert (errs["oae"] >= errs["pgd_ae"]).all()
+
+
+def test_enc_ae_and_kl_by_hand():
+    pset = _pset(radius=0.7)
+    x, xt = _pairs(5, seed=1)
+    errs = approximation_errors(pset, x, xt, steps=0, eae_samples=1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        u, (mu_p, logvar_p, mu_q, logvar_q) = _encoding_by_hand(pset.cvae, x, xt, 0.7)
+        probs = _probs_at(pset.cvae, x, u)
+    enc = torch.stack([F.binary_cross_entropy(probs[i], xt[i]) for i in range(5)])
+    torch.testing.assert_close(errs["enc_ae"], enc, rtol=1e-5, atol=1e-6)
+    # with no PGD steps the PGD AE is the Enc AE
+    torch.testing.assert_close(errs["pgd_ae"], errs["enc_ae"])
+    kl = D.kl_divergence(D.Normal(mu_q, torch.exp(0.5 * logvar_q)), D.Normal(mu_p, torch.exp(0.5 * logvar_p))).sum(1)
+    torch.testing.assert_close(errs["kl"], kl, rtol=1e-5, atol=1e-5)
+
+
+def test_mse_metric_by_hand():
+    pset = _pset(radius=0.7)
+    x, xt = _pairs(3, seed=4)
+    errs = approximation_errors(pset, x, xt, steps=0, eae_samples=1, metric="mse")
+    with torch.no_grad():
+        u, _ = _encoding_by_hand(pset.cvae, x, xt, 0.7)
+        expected = ((_probs_at(pset.cvae, x, u) - xt) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(errs["enc_ae"], expected)
+
+
+def test_eae_is_expected_error_under_truncated_prior():
+    pset = _pset(radius=1.2)
+    x, xt = _pairs(1, seed=5)
+    n = 1500
+    errs = approximation_errors(pset, x, xt, steps=0, eae_samples=n, generator=torch.Generator().manual_seed(3))
+    u = sample_truncated_normal(n, 4, 1.2, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        probs = _probs_at(pset.cvae, x.expand(n, -1, -1, -1), u)
+        per = F.binary_cross_entropy(probs, xt.expand(n, -1, -1, -1), reduction="none").mean(dim=(1, 2, 3))
+    se = per.std().item() / math.sqrt(n) * math.sqrt(2)
+    assert errs["eae"].item() == pytest.approx(per.mean().item(), abs=5 * se + 1e-7)
+
+
+def test_pgd_improves_on_encoding_for_small_radius_projection():
+    # with the encodings projected onto a small ball, PGD should find strictly lower errors somewhere
+    pset = _pset(radius=0.3)
+    x, xt = _pairs(8, seed=6)
+    errs = approximation_errors(pset, x, xt, steps=20, eae_samples=1)
+    assert (errs["pgd_ae"] <= errs["enc_ae"]).all()
+    assert (errs["pgd_ae"] < errs["enc_ae"]).any()
+
+
+def test_approximation_errors_seeded_and_bad_input():
+    pset = _pset()
+    x, xt = _pairs(3)
+    a = approximation_errors(pset, x, xt, steps=3, eae_samples=2, generator=torch.Generator().manual_seed(1))
+    b = approximation_errors(pset, x, xt, steps=3, eae_samples=2, generator=torch.Generator().manual_seed(1))
+    for k in METRICS:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match=r"takes \(N, 1, 8, 8\)"):
+        approximation_errors(pset, x, torch.rand(3, 1, 7, 7))
+    with pytest.raises(ValueError, match="unknown metric"):
+        approximation_errors(pset, x, xt, metric="huber", steps=0, eae_samples=1)
+
+
+def test_approximation_errors_conv_latent():
+    torch.manual_seed(0)
+    pset = PerturbationSet(build_cvae("mnist_conv", input_shape=SHAPE), 2.0)
+    x, xt = _pairs(2)
+    errs = approximation_errors(pset, x, xt, steps=2, eae_samples=2)
+    assert all(errs[k].shape == (2,) for k in METRICS)
+    assert (errs["pgd_ae"] <= errs["enc_ae"]).all()
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_evaluate_quality_concatenates_in_order():
+    pset = _pset()
+    sizes = [2, 3, 1]
+    batches = [SimpleNamespace(x=x, x_tilde=xt) for x, xt in (_pairs(n, seed=10 + i) for i, n in enumerate(sizes))]
+    stats = norm_statistics(np.array([0.5, 1.0, 1.5]))
+    report = evaluate_quality(pset, batches, steps=0, eae_samples=1, seed=0, latent_norms=stats)
+    assert isinstance(report, QualityReport)
+    assert set(report.per_example) == set(METRICS)
+    assert all(v.shape == (6,) for v in report.per_example.values())
+    expected_enc, expected_kl = [], []
+    with torch.no_grad():
+        for b in batches:
+            u, (mu_p, logvar_p, mu_q, logvar_q) = _encoding_by_hand(pset.cvae, b.x, b.x_tilde, pset.radius)
+            probs = _probs_at(pset.cvae, b.x, u)
+            expected_enc += [F.binary_cross_entropy(probs[i], b.x_tilde[i]).item() for i in range(b.x.shape[0])]
+            kl = D.kl_divergence(D.Normal(mu_q, torch.exp(0.5 * logvar_q)), D.Normal(mu_p, torch.exp(0.5 * logvar_p))).sum(1)
+            expected_kl += kl.tolist()
+    np.testing.assert_allclose(report.per_example["enc_ae"], expected_enc, rtol=1e-5)
+    np.testing.assert_allclose(report.per_example["kl"], expected_kl, rtol=1e-5, atol=1e-6)
+    assert report.latent_norms is stats and report.radius == pset.radius and report.metric == "nll"
+    again = evaluate_quality(pset, batches, steps=0, eae_samples=1, seed=0)
+    for k in METRICS:
+        np.testing.assert_array_equal(again.per_example[k], report.per_example[k])
+
+
+def test_evaluate_quality_empty():
+    with pytest.raises(ValueError, match="no pairs"):
+        evaluate_quality(_pset(), [])
+
+
+def _report() -> QualityReport:
+    per = {k: np.array([1.0, 2.0, 3.0]) * (i + 1) for i, k in enumerate(METRICS)}
+    return QualityReport(radius=1.5, metric="nll", per_example=per, latent_norms=norm_statistics(np.array([1.0, 2.0])))
+
+
+def test_report_to_dict():
+    d = _report().to_dict()
+    assert set(d) == {"radius", "metric", "latent_norms", *METRICS}
+    assert d["radius"] == 1.5 and d["metric"] == "nll"
+    assert d["enc_ae"] == {"mean": 2.0, "std": pytest.approx(np.std([1.0, 2.0, 3.0])), "count": 3}
+    assert d["kl"]["mean"] == pytest.approx(12.0)
+    assert d["latent_norms"]["max"] == 2.0
+    no_norms = QualityReport(1.0, "mse", {k: np.zeros(2) for k in METRICS}).to_dict()
+    assert no_norms["latent_norms"] is None
+    import json
+
+    json.dumps(d)  # JSON-ready
+
+
+def test_report_to_markdown_has_table4_headers():
+    md = _report().to_markdown("RTS")
+    header = md.splitlines()[0]
+    for label in ("Enc. AE", "PGD AE", "EAE", "OAE", "Recon. err", "KL"):
+        assert label in header
+    assert header.index("Enc. AE") < header.index("PGD AE") < header.index("EAE") < header.index("OAE")
+    assert "ε" in header and "| RTS | 1.5 |" in md
+    assert set(LABELS) == set(METRICS)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 3 and all(r.count("|") == len(METRICS) + 3 for r in rows)

@@ -1,0 +1,176 @@
+"""Training loop: schedules, checkpoints, exact resume, divergence, config handling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import perturbsets.train as train_mod
+from perturbsets.config import Config, ConfigError, DataConfig, ModelConfig, Schedule, TrainingConfig, from_dict, load_config
+from perturbsets.data import PairedData
+from perturbsets.perturbations import LinfNoise
+from perturbsets.train import TrainingDivergedError, train_cvae
+
+
+def tiny_config(epochs: int = 2, **training) -> Config:
+    return Config(
+        name="tiny",
+        seed=3,
+        data=DataConfig(
+            source="digits",
+            canvas=28,
+            perturbation={"name": "linf", "epsilon": 0.3},
+            split={"train": 96, "val": 32, "test": 32},
+        ),
+        model=ModelConfig(architecture="mnist_fc", options={"hidden": 32, "latent_dim": 8}),
+        training=TrainingConfig(
+            epochs=epochs,
+            batch_size=32,
+            lr=Schedule([0, 1, epochs], [1e-3, 2e-3, 1e-4]),
+            beta=Schedule([0, epochs], [0.0, 1.0]),
+            device="cpu",
+            **training,
+        ),
+    )
+
+
+def test_lr_and_beta_follow_the_schedule_every_batch(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    config = tiny_config()
+    train_cvae(config, tmp_path / "run", progress=False)
+    n_batches = 3  # 96 training images / 32
+    expected = [
+        np.interp(e + (i + 1) / n_batches, [0, 1, 2], [1e-3, 2e-3, 1e-4]) for e in range(2) for i in range(n_batches)
+    ]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+
+
+def test_run_folder_contents_and_saved_config(tmp_path):
+    config = tiny_config()
+    result = train_cvae(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert load_config(run / "config.yaml") == config
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert (run / "checkpoints" / "latest.safetensors").is_file()
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    assert result.best_epoch == int(np.argmin([h["val_loss"] for h in history]))
+    # The loss must go down on this easy problem: a real training signal, not a no-op.
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    config = tiny_config(epochs=1)
+    train_cvae(config, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="resume"):
+        train_cvae(config, tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train_cvae(config, tmp_path / "other", resume=True, progress=False)
+
+
+def _tensors(path):
+    return load_file(str(path))
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
+    config = tiny_config(epochs=3)
+    train_cvae(config, tmp_path / "full", progress=False)
+
+    real_validation = train_mod.validation_loss
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validation_loss", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_cvae(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_mod, "validation_loss", real_validation)
+    # Garbage in torch's global RNG must not matter: every draw is seeded by (seed, epoch).
+    torch.manual_seed(12345)
+    torch.rand(100)
+    train_cvae(config, tmp_path / "resumed", resume=True, progress=False)
+
+    for name in ("latest.safetensors", "best.safetensors"):
+        full = _tensors(tmp_path / "full" / "checkpoints" / name)
+        resumed = _tensors(tmp_path / "resumed" / "checkpoints" / name)
+        assert full.keys() == resumed.keys()
+        for key in full:
+            assert torch.equal(full[key], resumed[key]), f"{name}: {key} differs after resume"
+    h_full = json.loads((tmp_path / "full" / "history.json").read_text())
+    h_res = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [h["val_loss"] for h in h_full] == [h["val_loss"] for h in h_res]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    train_cvae(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="config differs"):
+        train_cvae(tiny_config(epochs=1, weight_decay=0.1), tmp_path / "run", resume=True, progress=False)
+
+
+class NaNAfter:
+    """An ℓ∞ perturbation that turns to NaN after ``calls`` batches."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.inner = LinfNoise(0.3)
+
+    def __call__(self, x, generator=None):
+        self.calls -= 1
+        out = self.inner(x, generator)
+        return out if self.calls >= 0 else torch.full_like(out, float("nan"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    config = tiny_config(epochs=3)
+    images = torch.rand(160, 1, 28, 28)
+    # 3 training batches + 1 validation batch make the first epoch; NaN arrives in epoch 2.
+    data = PairedData.on_the_fly(images, NaNAfter(4))
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2.*last good checkpoint.*Lower training.lr"):
+        train_cvae(config, tmp_path / "run", data=data, progress=False)
+    state = _tensors(tmp_path / "run" / "checkpoints" / "latest.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 1
+
+
+def test_data_shape_must_match_the_model(tmp_path):
+    config = tiny_config(epochs=1)
+    data = PairedData.on_the_fly(torch.rand(160, 1, 20, 20), LinfNoise(0.3))
+    with pytest.raises(ValueError, match=r"\(1, 20, 20\).*input_shape"):
+        train_cvae(config, tmp_path / "run", data=data, progress=False)
+
+
+def test_too_small_dataset_for_the_split(tmp_path):
+    config = tiny_config(epochs=1)
+    data = PairedData.on_the_fly(torch.rand(50, 1, 28, 28), LinfNoise(0.3))
+    with pytest.raises(ValueError, match="split"):
+        train_cvae(config, tmp_path / "run", data=data, progress=False)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        config = tiny_config(epochs=1)
+        config.training.device = "cuda"
+        train_cvae(config, tmp_path / "r", progress=False)
+
+
+def test_options_may_not_carry_the_distribution():
+    with pytest.raises(ConfigError, match="model.distribution"):
+        from_dict(Config, {"model": {"options": {"distribution": "gaussian"}}})
