@@ -51,7 +51,10 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({err})") from None
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({err}); if it is a torch.save/pickle file it is refused on "
+            "purpose, since unpickling can run arbitrary code"
+        ) from None
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -19,8 +19,12 @@ import yaml
 
 from ._io import write_text
 from ._names import unknown_name_message
+from .cvae import DISTRIBUTIONS
+from .radius import check_radius_rule
 
 T = TypeVar("T")
+
+DATA_SOURCES = ("digits", "folder", "npz")
 
 
 class ConfigError(ValueError):
@@ -89,7 +93,13 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    """Optimisation of the CVAE (Adam; learning rate and β interpolated every batch)."""
+    """Optimisation of the CVAE (Adam; learning rate and β interpolated every batch).
+
+    select: which checkpoint becomes the perturbation set, ``best`` (lowest validation
+        loss) or ``latest``.
+    channels_last: store conv weights and batches channels-last; faster for the few-channel
+        convolutions of ``mnist_stn`` on CPU (about 1.4× here) and for most CUDA models.
+    """
 
     epochs: int = 100
     batch_size: int = 128
@@ -98,6 +108,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     device: str = "auto"
     select: str = "best"
+    channels_last: bool = False
 
 
 @dataclass
@@ -144,6 +155,14 @@ class Config:
         ]:
             if not ok:
                 raise ConfigError(f"{name} is out of range: see the docstring of {type(self).__name__}")
+        if self.data.source not in DATA_SOURCES:
+            raise ConfigError(unknown_name_message("data.source", self.data.source, DATA_SOURCES))
+        if self.model.distribution not in DISTRIBUTIONS:
+            raise ConfigError(unknown_name_message("model.distribution", self.model.distribution, DISTRIBUTIONS))
+        try:
+            check_radius_rule(self.evaluation.radius)
+        except ValueError as err:
+            raise ConfigError(f"evaluation.radius: {err}") from None
         if "distribution" in self.model.options:
             raise ConfigError("set the output distribution with model.distribution, not model.options.distribution")
         if t.select not in ("best", "latest"):
@@ -183,6 +202,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):

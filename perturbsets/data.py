@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._names import unknown_name_message
 from .perturbations import Perturbation, _check_value_range, build_perturbation
 
 __all__ = [
@@ -919,9 +918,6 @@ def load_digits(canvas: int = 42) -> tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------------- from a config
 
-DATA_SOURCES = ("digits", "folder", "npz")
-
-
 def _load_npz(path: Path, value_range: tuple[float, float]) -> PairedData:
     if not path.is_file():
         raise FileNotFoundError(f"data.path {path} does not exist; give a .npz file with arrays x and x_tilde")
@@ -942,8 +938,6 @@ def load_pairs(config: Any, seed: int) -> PairedData:
     otherwise a fresh one is drawn for every batch.
     """
     value_range = _check_value_range(tuple(config.value_range), "data.value_range")
-    if config.source not in DATA_SOURCES:
-        raise ValueError(unknown_name_message("data.source", config.source, DATA_SOURCES))
     if config.source == "digits":
         images, labels = load_digits(config.canvas)
         if not config.perturbation:

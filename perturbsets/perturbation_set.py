@@ -214,13 +214,13 @@ class PerturbationSet:
         weights = directory / manifest["weights"]["file"]
         if not weights.is_file():
             raise CheckpointError(f"{directory} lists weights file {weights.name}, which is missing")
-        tensors = read_safetensors(weights, device="cpu")
         digest = sha256_file(weights)
         if digest != manifest["weights"]["sha256"]:
             raise CheckpointError(
                 f"{weights} fails its checksum (sha256 {digest[:16]}… ≠ recorded {manifest['weights']['sha256'][:16]}…): "
                 "the file was modified or corrupted; restore it or save the set again"
             )
+        tensors = read_safetensors(weights, device="cpu")
         arch = manifest["architecture"]
         if cvae is None:
             if arch["name"] is None:

@@ -21,7 +21,8 @@ from .perturbation_set import PerturbationSet
 from .quality import QualityReport, evaluate_quality
 from .radius import LatentNormStats, latent_norms, norm_statistics, select_radius
 from .report import write_report
-from .train import TrainResult, derive_seed, resolve_device, train_cvae
+from .loop import derive_seed, resolve_device
+from .train import TrainResult, train_cvae
 
 SET_DIR = "perturbation_set"
 

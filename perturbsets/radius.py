@@ -83,25 +83,35 @@ def norm_statistics(norms: np.ndarray, percentiles: Iterable[float] = PERCENTILE
     )
 
 
-def select_radius(norms: np.ndarray, rule: float | str = "max") -> float:
-    """The radius ε: ``"max"`` (Appendix B), a percentile ``"p75"``, or a given number."""
+def check_radius_rule(rule: float | str) -> None:
+    """Raise a ValueError unless ``rule`` is 'max', a percentile 'pQ' with Q in (0, 100], or a number > 0."""
     if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        if not rule > 0:
-            raise ValueError(f"a radius must be > 0, got {rule}")
-        return float(rule)
-    norms = _check_norms(norms)
+        if not 0 < rule < float("inf"):
+            raise ValueError(f"a radius must be a finite number > 0, got {rule}")
+        return
     if rule == "max":
-        radius = float(norms.max())
-    elif isinstance(rule, str) and rule.startswith("p"):
+        return
+    if isinstance(rule, str) and rule.startswith("p"):
         try:
             q = float(rule[1:])
         except ValueError:
             q = -1.0
-        if not 0 < q <= 100:
-            raise ValueError(f"radius rule {rule!r}: a percentile rule is 'p' followed by a number in (0, 100], e.g. 'p75'")
-        radius = float(np.percentile(norms, q))
+        if 0 < q <= 100:
+            return
+        raise ValueError(f"radius rule {rule!r}: a percentile rule is 'p' followed by a number in (0, 100], e.g. 'p75'")
+    raise ValueError(f"unknown radius rule {rule!r}; use 'max', a percentile like 'p75', or a number")
+
+
+def select_radius(norms: np.ndarray, rule: float | str = "max") -> float:
+    """The radius ε: ``"max"`` (Appendix B), a percentile ``"p75"``, or a given number."""
+    check_radius_rule(rule)
+    if not isinstance(rule, str):
+        return float(rule)
+    norms = _check_norms(norms)
+    if rule == "max":
+        radius = float(norms.max())
     else:
-        raise ValueError(f"unknown radius rule {rule!r}; use 'max', a percentile like 'p75', or a number")
+        radius = float(np.percentile(norms, float(rule[1:])))
     if not radius > 0:
         raise ValueError(
             f"the selected radius is {radius}: every validation pair encodes at the prior mean; "

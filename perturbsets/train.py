@@ -12,59 +12,20 @@ weights as one that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ._io import write_json
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, save_config, to_dict
+from .config import Config
 from .cvae import CVAE
-from .data import DataSplits, PairedData, load_pairs
+from .data import DataSplits, PairBatch, PairedData, load_pairs
+from .loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets import build_cvae
 
-LATEST = "latest.safetensors"
-BEST = "best.safetensors"
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every part (seed, epoch, stream…), via NumPy's SeedSequence."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    lr: float
-    beta: float
-    loss: float
-    reconstruction: float
-    kl: float
-    val_loss: float
-    val_reconstruction: float
-    val_kl: float
-    seconds: float
 
 
 @dataclass
@@ -85,11 +46,18 @@ def build_model(config: Config) -> CVAE:
     return build_cvae(config.model.architecture, distribution=config.model.distribution, **config.model.options)
 
 
-def _check_shapes(cvae: CVAE, data: PairedData) -> None:
+def check_data_fits(cvae: CVAE, data: PairedData) -> None:
+    """The data's image shape and value range must suit the model and its likelihood."""
     if tuple(data.image_shape) != tuple(cvae.input_shape):
         raise ValueError(
             f"the data's images are {tuple(data.image_shape)} but the {type(cvae.generator).__name__} model takes "
             f"{tuple(cvae.input_shape)}; set model.options.input_shape to match the data"
+        )
+    low, high = data.value_range
+    if cvae.output == "sigmoid" and (low < 0 or high > 1):
+        raise ValueError(
+            f"the data's value range is [{low}, {high}] but a sigmoid generator (and a Bernoulli likelihood) only "
+            "produces values in [0, 1]; rescale the data to [0, 1]"
         )
 
 
@@ -135,99 +103,43 @@ def train_cvae(
     With ``resume`` the run continues from ``checkpoints/latest.safetensors``.
     """
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    latest_path = ckpt_dir / LATEST
-    if not resume and latest_path.exists():
-        raise FileExistsError(
-            f"{out_dir} already holds a training run; pass resume=True (--resume) to continue it, or choose another --out"
-        )
-    if resume and not latest_path.exists():
-        raise FileNotFoundError(f"cannot resume: {latest_path} does not exist")
+    prepare_run(out_dir, resume)
     device = resolve_device(config.training.device)
     data = load_pairs(config.data, config.seed) if data is None else data
     splits = data.split(config.data.split, seed=config.seed)
     cvae = build_model(config).to(device)
-    _check_shapes(cvae, data)
-    optimizer = torch.optim.Adam(cvae.parameters(), lr=0.0, weight_decay=config.training.weight_decay)
-
-    start_epoch, best_val, best_epoch, history = 0, math.inf, -1, []
-    if resume:
-        state = load_checkpoint(latest_path, cvae, optimizer, device=device)
-        if state.get("config") != json.loads(json.dumps(to_dict(config))):
-            raise ValueError(
-                f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
-            )
-        start_epoch, best_val, best_epoch, history = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"], state["history"]
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
-
+    if config.training.channels_last:
+        cvae.to(memory_format=torch.channels_last)
+    check_data_fits(cvae, data)
     tc = config.training
-    n_batches = splits.train.num_batches(tc.batch_size)
-    if n_batches == 0:
-        raise ValueError("the training split is empty; give data.split.train a positive size")
-    for epoch in range(start_epoch, tc.epochs):
-        began = time.perf_counter()
-        cvae.train()
-        gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, epoch, 2))
-        sums = np.zeros(3)
-        seen = 0
-        bar = tqdm(
-            splits.train.batches(tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch, device=device),
-            total=n_batches,
-            desc=f"epoch {epoch + 1}/{tc.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for i, batch in enumerate(bar):
-            t = epoch + (i + 1) / n_batches
-            lr, beta = tc.lr(t), tc.beta(t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            out = cvae(batch.x, batch.x_tilde, noise=_noise(cvae, batch.x.shape[0], gen, device))
-            loss = cvae.loss(out, batch.x_tilde, beta)
-            if not torch.isfinite(loss.total):
-                raise TrainingDivergedError(
-                    f"the loss became {loss.total.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
-                    f"The last good checkpoint ({latest_path if latest_path.exists() else 'none yet'}) is kept. "
-                    "Lower training.lr, or check the data for extreme values."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optimizer.step()
-            n = batch.x.shape[0]
-            sums += n * np.array([loss.total.item(), loss.reconstruction.mean().item(), loss.kl.mean().item()])
-            seen += n
-            bar.set_postfix(loss=f"{sums[0] / seen:.2f}", recon=f"{sums[1] / seen:.2f}", kl=f"{sums[2] / seen:.2f}")
-        val = validation_loss(cvae, splits.val, config, device)
-        if not np.isfinite(val[0]):
-            raise TrainingDivergedError(
-                f"the validation loss became {val[0]} at epoch {epoch + 1}; the last good checkpoint is kept. Lower training.lr."
-            )
-        stats = EpochStats(epoch, lr, beta, *(sums / seen), *val, time.perf_counter() - began)
-        history.append(vars(stats))
-        improved = val[0] < best_val
-        if improved:
-            best_val, best_epoch = val[0], epoch
-        state = {
-            "epoch": epoch,
-            "best_val_loss": best_val,
-            "best_epoch": best_epoch,
-            "history": history,
-            "config": to_dict(config),
-        }
-        if improved:
-            save_checkpoint(ckpt_dir / BEST, cvae, None, state)
-        save_checkpoint(latest_path, cvae, optimizer, state)
-        write_json(out_dir / "history.json", history)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{tc.epochs}: loss {stats.loss:.3f} (recon {stats.reconstruction:.3f}, kl {stats.kl:.3f}) "
-                f"val {stats.val_loss:.3f}{' *' if improved else ''}"
-            )
+    optimizer = torch.optim.Adam(cvae.parameters(), lr=0.0, weight_decay=tc.weight_decay)
 
-    selected = ckpt_dir / (BEST if tc.select == "best" else LATEST)
-    load_checkpoint(selected, cvae, device=device)
-    cvae.eval()
-    return TrainResult(cvae, splits, history, best_epoch, best_val, out_dir, device)
+    def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
+        beta = tc.beta(t)
+        out = cvae(batch.x, batch.x_tilde, noise=_noise(cvae, batch.x.shape[0], gen, device))
+        loss = cvae.loss(out, batch.x_tilde, beta)
+        logs = {"loss": loss.total.item(), "reconstruction": loss.reconstruction.mean().item(), "kl": loss.kl.mean().item(), "beta": beta}
+        return StepOutput(loss.total, logs, batch.x.shape[0])
 
+    def validate() -> dict[str, float]:
+        loss, recon, kl = validation_loss(cvae, splits.val, config, device)
+        return {"val_loss": loss, "val_reconstruction": recon, "val_kl": kl}
+
+    result = fit(
+        cvae,
+        optimizer,
+        config=config,
+        out_dir=out_dir,
+        epochs=tc.epochs,
+        seed=config.seed,
+        lr=tc.lr,
+        batches=lambda epoch: splits.train.batches(tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch, device=device),
+        n_batches=splits.train.num_batches(tc.batch_size),
+        step=step,
+        validate=validate,
+        device=device,
+        select=tc.select,
+        resume=resume,
+        progress=progress,
+    )
+    return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_val_loss, out_dir, device)

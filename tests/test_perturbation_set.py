@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-import math
 import pickle
 
 import pytest
@@ -396,3 +395,24 @@ def test_load_when_options_include_distribution(tmp_path):
     p = PerturbationSet(build_cvae("mnist_fc", **opts), 1.0, architecture="mnist_fc", options=opts)
     q = PerturbationSet.load(p.save(tmp_path))
     assert q.cvae.distribution == "gaussian"
+
+
+def test_protocol0_pickle_is_refused_without_unpickling(tmp_path):
+    # protocol-0 pickles have no \x80 magic; they must still be rejected (as invalid safetensors)
+    d = _pset().save(tmp_path / "set")
+    weights = d / json.loads((d / MANIFEST).read_text())["weights"]["file"]
+    marker = tmp_path / "p0.marker"
+    weights.write_bytes(pickle.dumps({"state": _SideEffect(str(marker))}, protocol=0))
+    with pytest.raises(CheckpointError):
+        PerturbationSet.load(d)
+    assert not marker.exists()
+
+
+def test_tampered_header_is_refused(tmp_path):
+    d = _pset().save(tmp_path)
+    weights = d / json.loads((d / MANIFEST).read_text())["weights"]["file"]
+    data = bytearray(weights.read_bytes())
+    data[12] ^= 0x01  # inside the JSON header
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        PerturbationSet.load(d)

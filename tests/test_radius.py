@@ -130,9 +130,10 @@ def test_select_radius_rules():
     ("p101", "percentile rule"),
     ("pfoo", "percentile rule"),
     ("p", "percentile rule"),
-    (0, "must be > 0"),
-    (-1.5, "must be > 0"),
-    (float("nan"), "must be > 0"),
+    (0, "must be a finite number > 0"),
+    (-1.5, "must be a finite number > 0"),
+    (float("nan"), "must be a finite number > 0"),
+    (float("inf"), "must be a finite number > 0"),
     (True, "unknown radius rule"),
 ])
 def test_select_radius_bad_rules(rule, match):

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import perturbsets.train as train_mod
+from perturbsets.loop import TrainingDivergedError
 from perturbsets.config import Config, ConfigError, DataConfig, ModelConfig, Schedule, TrainingConfig, from_dict, load_config
 from perturbsets.data import PairedData
 from perturbsets.perturbations import LinfNoise
-from perturbsets.train import TrainingDivergedError, train_cvae
+from perturbsets.train import train_cvae
 
 
 def tiny_config(epochs: int = 2, **training) -> Config:
@@ -174,3 +175,11 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path):
 def test_options_may_not_carry_the_distribution():
     with pytest.raises(ConfigError, match="model.distribution"):
         from_dict(Config, {"model": {"options": {"distribution": "gaussian"}}})
+
+
+def test_data_outside_the_generators_range_is_refused(tmp_path):
+    config = tiny_config(epochs=1)
+    images = torch.rand(160, 1, 28, 28) * 255
+    data = PairedData.on_the_fly(images, LinfNoise(0.3, value_range=(0.0, 255.0)), value_range=(0.0, 255.0))
+    with pytest.raises(ValueError, match=r"value range is \[0.0, 255.0\].*rescale the data to \[0, 1\]"):
+        train_cvae(config, tmp_path / "run", data=data, progress=False)

@@ -38,3 +38,4 @@ def build_cvae(name: str, **kwargs) -> CVAE:
 
 
 from . import mnist  # noqa: E402,F401  (registers the built-in architectures)
+from . import classifiers  # noqa: E402,F401

@@ -1,0 +1,177 @@
+"""The resumable training loop shared by CVAE training and robust training.
+
+One job: run epochs of a given step function with a per-batch learning-rate schedule,
+validate after each epoch, keep ``checkpoints/latest`` and ``checkpoints/best`` written
+atomically, and resume exactly. What a step computes (a CVAE loss, an adversarial loss…)
+belongs to the caller.
+
+Exact resume rests on two rules: every random draw comes from generators seeded by
+(seed, epoch) alone, and the checkpoint holds the model and optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ._io import write_json
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Schedule, save_config, to_dict
+
+LATEST = "latest.safetensors"
+BEST = "best.safetensors"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (seed, epoch, stream…), via NumPy's SeedSequence."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class StepOutput:
+    """What a step function returns: the scalar loss to minimise, logs, and the batch size."""
+
+    loss: Tensor
+    logs: dict[str, float]
+    size: int
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_loss: float
+
+
+def prepare_run(out_dir: Path, resume: bool) -> Path:
+    """Check the run folder for ``resume`` and return the path of the latest checkpoint."""
+    latest = out_dir / "checkpoints" / LATEST
+    if not resume and latest.exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a training run; pass resume=True (--resume) to continue it, or choose another --out"
+        )
+    if resume and not latest.exists():
+        raise FileNotFoundError(f"cannot resume: {latest} does not exist")
+    return latest
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    config: Any,
+    out_dir: Path,
+    epochs: int,
+    seed: int,
+    lr: Schedule,
+    batches: Callable[[int], Iterable[Any]],
+    n_batches: int,
+    step: Callable[[Any, float, torch.Generator], StepOutput],
+    validate: Callable[[], dict[str, float]],
+    device: torch.device,
+    select: str = "best",
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` for ``epochs`` epochs and leave the selected checkpoint loaded.
+
+    Args:
+        config: the run's config dataclass; saved as ``config.yaml`` and stored in every
+            checkpoint so a resume with a different config is refused.
+        batches: ``epoch -> iterable of batches`` (seeded by the epoch).
+        step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
+            seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
+        validate: returns at least ``val_loss`` (lower is better) after each epoch.
+        select: ``best`` (lowest ``val_loss``) or ``latest`` is loaded at the end.
+    """
+    ckpt_dir = out_dir / "checkpoints"
+    latest = prepare_run(out_dir, resume)
+    config_dict = json.loads(json.dumps(to_dict(config)))
+    start, best_val, best_epoch, history = 0, math.inf, -1, []
+    if resume:
+        state = load_checkpoint(latest, model, optimizer, device=device)
+        if state.get("config") != config_dict:
+            raise ValueError(
+                f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
+            )
+        start, best_val, best_epoch, history = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"], state["history"]
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    if n_batches == 0:
+        raise ValueError("the training split is empty; give data.split.train a positive size")
+
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        model.train()
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, 2))
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for i, batch in enumerate(bar):
+            t = epoch + (i + 1) / n_batches
+            rate = lr(t)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            out = step(batch, t, gen)
+            if not torch.isfinite(out.loss):
+                raise TrainingDivergedError(
+                    f"the loss became {out.loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
+                    f"The last good checkpoint ({latest if latest.exists() else 'none yet'}) is kept. "
+                    "Lower training.lr, or check the data for extreme values."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            for key, value in out.logs.items():
+                sums[key] = sums.get(key, 0.0) + value * out.size
+            seen += out.size
+            bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
+        model.eval()
+        val = validate()
+        if not np.isfinite(val["val_loss"]):
+            raise TrainingDivergedError(
+                f"the validation loss became {val['val_loss']} at epoch {epoch + 1}; the last good checkpoint is kept. "
+                "Lower training.lr."
+            )
+        record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        improved = val["val_loss"] < best_val
+        if improved:
+            best_val, best_epoch = val["val_loss"], epoch
+        state = {"epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
+        if improved:
+            save_checkpoint(ckpt_dir / BEST, model, None, state)
+        save_checkpoint(latest, model, optimizer, state)
+        write_json(out_dir / "history.json", history)
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
+
+    load_checkpoint(ckpt_dir / (BEST if select == "best" else LATEST), model, device=device)
+    model.eval()
+    return FitResult(history, best_epoch, best_val)
