@@ -12,7 +12,9 @@ from . import __version__
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet)
+    run_demo(
+        Path(args.out), quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet, robust=not args.skip_robust
+    )
     return 0
 
 
@@ -38,6 +40,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robust_train(args: argparse.Namespace) -> int:
+    from .robust import load_robust_config, robust_evaluate, robust_train
+
+    config = load_robust_config(args.config)
+    result = robust_train(config, args.out, resume=args.resume, progress=not args.quiet)
+    if not args.no_eval:
+        report = robust_evaluate(config, args.out, Path(args.out) / "eval", model=result.model, progress=not args.quiet)
+        print(Path(args.out, "eval", "robust_table.md").read_text())
+        print(f"results in {Path(args.out) / 'eval'} ({report.counts['test']} test examples)")
+    return 0
+
+
+def _robust_eval(args: argparse.Namespace) -> int:
+    from .robust import load_robust_config, robust_evaluate
+
+    config = load_robust_config(args.config)
+    robust_evaluate(config, args.run, args.out, progress=not args.quiet)
+    print(Path(args.out, "robust_table.md").read_text())
+    print(f"results in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perturbsets", description="Learn perturbation sets from paired data and use them for robustness."
@@ -51,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--skip-robust", action="store_true", help="only learn and evaluate the perturbation set")
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="train a CVAE from a YAML config, pick its radius, evaluate and save the set")
@@ -66,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="folder for metrics.json, report.md and figures")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=_evaluate)
+
+    rtrain = sub.add_parser("robust-train", help="train a downstream model robust to a saved perturbation set, then evaluate it")
+    rtrain.add_argument("config", help="YAML robust-training config")
+    rtrain.add_argument("--out", required=True, help="run folder")
+    rtrain.add_argument("--resume", action="store_true")
+    rtrain.add_argument("--no-eval", action="store_true", help="skip the robust evaluation after training")
+    rtrain.add_argument("--quiet", action="store_true")
+    rtrain.set_defaults(func=_robust_train)
+
+    reval = sub.add_parser("robust-eval", help="clean, perturbed, OOD, latent-PGD and certified accuracy of a trained model")
+    reval.add_argument("config", help="YAML robust config (its evaluation section is used)")
+    reval.add_argument("--run", required=True, help="folder of a robust-train run (its best checkpoint is evaluated)")
+    reval.add_argument("--out", required=True, help="folder for robust_metrics.json, robust_table.md, certify.tsv, figures")
+    reval.add_argument("--quiet", action="store_true")
+    reval.set_defaults(func=_robust_eval)
     return parser
 
 

@@ -258,3 +258,114 @@ def load_config(path: str | Path, cls: type[T] = Config) -> T:
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config (all defaults filled) as YAML, atomically."""
     write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+ROBUST_MODES = ("standard", "perturbed", "cvae_augment", "cvae_adversarial", "smoothing")
+
+
+@dataclass
+class ClassifierConfig:
+    """The downstream model: a registered classifier name and its options."""
+
+    architecture: str = "digits_cnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackConfig:
+    """Latent PGD settings (Algorithm 1).
+
+    eps: radius, as a number, ``max`` (the set's own radius) or a percentile ``pNN`` of the
+        set's validation latent norms (stored with the set).
+    step_size: ``null`` means eps / ``step_divisor`` (paper: ε/5 for training, ε/20 for
+        evaluation).
+    """
+
+    eps: float | str = "max"
+    steps: int = 7
+    step_size: float | None = None
+    step_divisor: float = 5.0
+    random_start: bool = True
+    restarts: int = 1
+
+
+@dataclass
+class RobustTrainingConfig:
+    """Training of the downstream model.
+
+    mode: ``standard`` (clean x), ``perturbed`` (the dataset's own x̃), ``cvae_augment``
+        (x̃ from the truncated prior of the set), ``cvae_adversarial`` (latent PGD at the
+        attack radius, Algorithm 1) or ``smoothing`` (latent Gaussian noise of scale
+        ``sigma``, for randomized smoothing).
+    """
+
+    mode: str = "standard"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: Schedule = field(default_factory=lambda: Schedule([0, 4, 10], [0.0, 1e-3, 0.0]))
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    device: str = "auto"
+    select: str = "best"
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    sigma: float = 1.0
+
+
+@dataclass
+class CertifyConfig:
+    """Randomized smoothing certification (Algorithm 2, Cohen et al. 2019)."""
+
+    sigma: float | None = None
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    batch_size: int = 500
+    max_examples: int | None = None
+
+
+@dataclass
+class RobustEvalConfig:
+    """Robust evaluation (Tables 2, 3 and 9): clean, perturbed, OOD, PGD and certified accuracy.
+
+    radii: PGD radii, each a number, ``max`` or ``pNN`` (paper: 25/50/75th percentiles for
+        CIFAR-10, 50/75th and max for MI).
+    ood: held-out perturbations (a data config whose test split gives x̃), or ``null``.
+    """
+
+    radii: list[float | str] = field(default_factory=lambda: ["p50", "p75", "max"])
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=50, step_divisor=20.0))
+    batch_size: int = 256
+    passes: int = 1
+    ood: DataConfig | None = None
+    certify: CertifyConfig | None = None
+
+
+@dataclass
+class RobustConfig:
+    """A robust-training run: pairs with labels + a saved perturbation set → robust model."""
+
+    name: str = "robust"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    perturbation_set: str | None = None
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    training: RobustTrainingConfig = field(default_factory=RobustTrainingConfig)
+    evaluation: RobustEvalConfig = field(default_factory=RobustEvalConfig)
+
+    def __post_init__(self) -> None:
+        t = self.training
+        if t.mode not in ROBUST_MODES:
+            raise ConfigError(unknown_name_message("training.mode", t.mode, ROBUST_MODES))
+        if t.mode.startswith("cvae") or t.mode == "smoothing":
+            if self.perturbation_set is None:
+                raise ConfigError(f"training.mode {t.mode!r} needs perturbation_set: the folder of a saved set")
+        if t.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"training.optimizer must be 'adam' or 'sgd', got {t.optimizer!r}")
+        if t.select not in ("best", "latest"):
+            raise ConfigError(f"training.select must be 'best' or 'latest', got {t.select!r}")
+        if not t.sigma > 0:
+            raise ConfigError(f"training.sigma must be > 0, got {t.sigma}")
+        for where, att in (("training.attack", t.attack), ("evaluation.attack", self.evaluation.attack)):
+            if att.steps < 0 or att.restarts < 1 or not att.step_divisor > 0:
+                raise ConfigError(f"{where}: need steps >= 0, restarts >= 1 and step_divisor > 0")

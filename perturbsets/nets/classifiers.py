@@ -75,7 +75,9 @@ class Normalize(nn.Module):
 def _check_normalizable(name: str, normalize: bool, in_channels: int) -> None:
     """Called before building, so that a bad option fails before allocating a large model."""
     if normalize and in_channels != 3:
-        raise ValueError(f"{name}: normalize=True uses the 3-channel CIFAR-10 statistics, got in_channels={in_channels}")
+        raise ValueError(
+            f"{name}: normalize=True uses the 3-channel CIFAR-10 statistics, got in_channels={in_channels}"
+        )
 
 
 def _with_cifar10_normalization(model: nn.Module, normalize: bool) -> nn.Module:
@@ -289,7 +291,9 @@ def wideresnet(
     the CIFAR-10 statistics, keys ``0.mu``, ``0.std``, ``1.*`` exactly as the authors'
     checkpoints; ``normalize=False`` gives the bare WRN (keys without the ``1.`` prefix).
     """
-    _check_positive("wideresnet", depth=depth, widen_factor=widen_factor, num_classes=num_classes, in_channels=in_channels)
+    _check_positive(
+        "wideresnet", depth=depth, widen_factor=widen_factor, num_classes=num_classes, in_channels=in_channels
+    )
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"wideresnet: depth must be 6n + 4 with n >= 1 (e.g. 16, 22, 28), got {depth}")
     _check_normalizable("wideresnet", normalize, in_channels)
