@@ -43,12 +43,15 @@ class Attack:
 
     def __call__(self, x: Tensor, y: Tensor) -> AttackOutput:
         self.perturbation_set.check_input(x)
-        was_training = self.model.training
+        if not isinstance(self.model, nn.Module):
+            return self.perturb(x, y)
+        modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
             return self.perturb(x, y)
         finally:
-            self.model.train(was_training)
+            for module, mode in modes.items():
+                module.training = mode
 
     def perturb(self, x: Tensor, y: Tensor) -> AttackOutput:
         raise NotImplementedError
@@ -132,14 +135,20 @@ class LatentPGD(Attack):
         with torch.no_grad():
             prior = cvae.prior_params(x)
 
+        checked = False
+
         def evaluate(u: Tensor) -> tuple[Tensor, Tensor]:
+            nonlocal checked
             logits = model(cvae.generate(to_latent(u.view(n, *pset.latent_shape), prior), x))
+            if not checked:
+                check_labels(logits, y, self.ignore_index)
+                checked = True
             return logits, per_example_loss(logits, y, self.ignore_index)
 
         best_u = torch.zeros(n, dim, device=x.device, dtype=x.dtype)
         best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        warned = checked = False
+        warned = False
         for _ in range(self.restarts):
             u = (
                 sample_uniform_ball(n, dim, self.eps, self.generator, device=x.device, dtype=x.dtype)
@@ -151,9 +160,6 @@ class LatentPGD(Attack):
                 u.requires_grad_(True)
                 with torch.enable_grad():
                     logits, loss = evaluate(u)
-                if not checked:
-                    check_labels(logits, y, self.ignore_index)
-                    checked = True
                     grad = torch.autograd.grad(loss.sum(), u)[0] if step < self.steps else None
                 with torch.no_grad():
                     success = self._success(logits, y)

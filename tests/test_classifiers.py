@@ -127,7 +127,8 @@ def test_wideresnet_normalization_buffers(wrn_28_10):
     assert torch.allclose(norm.std.flatten(), torch.tensor([0.2023, 0.1994, 0.2010]))
     assert [name for name, _ in wrn_28_10.named_buffers()][:2] == ["0.mu", "0.std"]
     x = torch.rand(2, 3, 4, 4)
-    expected = torch.stack([(x[:, c] - m) / s for c, (m, s) in enumerate(zip(classifiers.CIFAR10_MEAN, classifiers.CIFAR10_STD))], 1)
+    stats = zip(classifiers.CIFAR10_MEAN, classifiers.CIFAR10_STD)
+    expected = torch.stack([(x[:, c] - m) / s for c, (m, s) in enumerate(stats)], 1)
     assert torch.allclose(norm(x), expected, atol=1e-6)
 
 
@@ -148,7 +149,8 @@ def test_wideresnet_initialisation(wrn_28_10):
     [
         ("digits_cnn", {}, (2, 1, 28, 28), (2, 10)),
         ("mnist_cnn", {"image_size": 42}, (2, 1, 42, 42), (2, 10)),
-        ("digits_cnn", {"image_size": (28, 42), "in_channels": 3, "num_classes": 5, "width": 64}, (2, 3, 28, 42), (2, 5)),
+        ("digits_cnn", {"image_size": (28, 42), "in_channels": 3, "num_classes": 5, "width": 64}, (2, 3, 28, 42),
+         (2, 5)),
         ("preact_resnet18", {}, (2, 3, 32, 32), (2, 10)),
         ("preact_resnet18", {"num_classes": 7, "in_channels": 1, "normalize": False}, (1, 1, 24, 40), (1, 7)),
         ("wideresnet", {"depth": 16, "widen_factor": 2}, (2, 3, 32, 32), (2, 10)),
@@ -264,7 +266,8 @@ def test_preact_block_matches_explicit(in_planes, planes, stride):
     block.eval()
     x = torch.randn(2, in_planes, 8, 8)
     h = F.relu(_bn(x, block.bn1))
-    out = F.conv2d(F.relu(_bn(F.conv2d(h, block.conv1.weight, stride=stride, padding=1), block.bn2)), block.conv2.weight, padding=1)
+    mid = F.relu(_bn(F.conv2d(h, block.conv1.weight, stride=stride, padding=1), block.bn2))
+    out = F.conv2d(mid, block.conv2.weight, padding=1)
     skip = x if block.shortcut is None else F.conv2d(h, block.shortcut[0].weight, stride=stride)
     with torch.no_grad():
         assert torch.allclose(block(x), out + skip, atol=1e-5)
