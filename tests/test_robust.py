@@ -1,0 +1,199 @@
+"""Robust training modes, exact resume, robust evaluation and resumable certification."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import perturbsets.robust as robust_mod
+from perturbsets import PerturbationSet
+from perturbsets.cli import main
+from perturbsets.config import ConfigError, RobustConfig, from_dict, to_dict
+from perturbsets.data import PairedData
+from perturbsets.nets import build_cvae
+from perturbsets.robust import read_certificates, reports_to_markdown, resolve_radius, robust_evaluate, robust_train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def set_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    pset = PerturbationSet(
+        build_cvae("mnist_fc", input_shape=(1, 8, 8), hidden=16, latent_dim=4),
+        2.0,
+        architecture="mnist_fc",
+        options={"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4},
+        metrics={"latent_norms": {"percentiles": {"p50": 1.0, "p75": 1.5}}},
+    )
+    return pset.save(tmp_path_factory.mktemp("set"))
+
+
+def labelled_pairs(n=96, seed=0) -> PairedData:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    # Class-dependent brightness makes the task learnable.
+    images = (0.2 + 0.3 * y.view(-1, 1, 1, 1).float() + 0.1 * torch.rand(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    perturbed = (images + 0.05 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    return PairedData.from_tensors(images, perturbed, y)
+
+
+def config(set_dir, mode="standard", **evaluation) -> RobustConfig:
+    return from_dict(
+        RobustConfig,
+        {
+            "name": mode,
+            "seed": 5,
+            "perturbation_set": str(set_dir),
+            "data": {"source": "npz", "path": "unused", "perturbation": None, "split": {"train": 64, "val": 16, "test": 16}},
+            "model": {"architecture": "digits_cnn", "options": {"image_size": 8, "width": 16, "num_classes": 3}},
+            "training": {
+                "mode": mode,
+                "epochs": 2,
+                "batch_size": 16,
+                "lr": {"epochs": [0, 2], "values": [3e-3, 0.0]},
+                "device": "cpu",
+                "attack": {"steps": 2},
+                "sigma": 0.5,
+            },
+            "evaluation": {"radii": ["p50", "max"], "attack": {"steps": 3, "step_divisor": 3}, **evaluation},
+        },
+    )
+
+
+@pytest.mark.parametrize("mode", ["standard", "perturbed", "cvae_augment", "cvae_adversarial", "smoothing"])
+def test_every_mode_trains_and_evaluates(set_dir, tmp_path, mode):
+    cfg = config(set_dir, mode)
+    result = robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    assert 0 <= report.clean <= 1 and 0 <= report.perturbed <= 1
+    assert set(report.pgd) == {"p50", "max"}
+    assert report.radii == {"p50": 1.0, "max": 2.0}
+    # An attack can only lower accuracy relative to clean inputs.
+    assert all(v <= report.clean + 1e-9 for v in report.pgd.values())
+    saved = json.loads((tmp_path / "eval" / "robust_metrics.json").read_text())
+    assert saved["clean"] == pytest.approx(report.clean)
+    assert "| Method | Clean | Perturbed | OOD |" in (tmp_path / "eval" / "robust_table.md").read_text()
+
+
+def test_adversarial_training_resumes_exactly(set_dir, tmp_path, monkeypatch):
+    cfg = config(set_dir, "cvae_adversarial")
+    robust_train(cfg, tmp_path / "full", data=labelled_pairs(), progress=False)
+    real = robust_mod.fit.__globals__["save_checkpoint"]
+    calls = {"n": 0}
+
+    def crash_on_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # best + latest of epoch 1, then epoch 2's first write
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(robust_mod.fit.__globals__, "save_checkpoint", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        robust_train(cfg, tmp_path / "resumed", data=labelled_pairs(), progress=False)
+    monkeypatch.setitem(robust_mod.fit.__globals__, "save_checkpoint", real)
+    robust_train(cfg, tmp_path / "resumed", resume=True, data=labelled_pairs(), progress=False)
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "latest.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "latest.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_certification_writes_a_resumable_table(set_dir, tmp_path):
+    cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 50, "alpha": 0.05, "batch_size": 64, "max_examples": 6})
+    robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    tsv = tmp_path / "eval" / "certify.tsv"
+    first = read_certificates(tsv)
+    assert tsv.read_text().splitlines()[0].split("\t") == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert len(first) == 6 and report.counts["certified"] == 6
+    # Certified accuracy at radius r = fraction correct with radius >= r (slow reference).
+    for spec, r in report.radii.items():
+        expected = np.mean([(row["correct"] == 1) and row["radius"] >= r for row in first])
+        assert report.certified[spec] == pytest.approx(expected)
+    assert (tmp_path / "eval" / "certified_accuracy.png").stat().st_size > 1000
+
+    # Simulate a crash that left a cut-off row, then resume with a larger budget.
+    text = tsv.read_text().splitlines()
+    tsv.write_text("\n".join(text[:4]) + "\n" + text[4][:3])
+    cfg.evaluation.certify.max_examples = 10
+    robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    resumed = read_certificates(tsv)
+    assert len(resumed) == 10
+    assert sorted(resumed["idx"].tolist()) == sorted(set(resumed["idx"].tolist()))
+    # Every row is what an uninterrupted run writes (the time column aside).
+    cfg.evaluation.certify.max_examples = 10
+    robust_evaluate(cfg, tmp_path / "run", tmp_path / "fresh", data=labelled_pairs(), progress=False)
+    fresh = read_certificates(tmp_path / "fresh" / "certify.tsv")
+    for col in ("idx", "label", "predict", "radius", "correct"):
+        np.testing.assert_array_equal(np.sort(resumed, order="idx")[col], np.sort(fresh, order="idx")[col])
+
+
+def test_resolve_radius(set_dir):
+    pset = PerturbationSet.load(set_dir)
+    assert resolve_radius(pset, "max") == 2.0
+    assert resolve_radius(pset, "p75") == 1.5
+    assert resolve_radius(pset, 0.7) == 0.7
+    with pytest.raises(ValueError, match="no such percentile"):
+        resolve_radius(pset, "p99")
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="needs perturbation_set"):
+        from_dict(RobustConfig, {"training": {"mode": "cvae_adversarial"}})
+    with pytest.raises(ConfigError, match="did you mean 'cvae_adversarial'"):
+        from_dict(RobustConfig, {"training": {"mode": "cvae_adversarail"}})
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        from_dict(RobustConfig, {"training": {"sigma": 0.0}})
+
+
+def test_data_of_the_wrong_shape_for_the_set(set_dir, tmp_path):
+    data = PairedData.from_tensors(torch.rand(96, 1, 6, 6), torch.rand(96, 1, 6, 6), torch.randint(0, 3, (96,)))
+    with pytest.raises(ValueError, match=r"perturbation set takes \(1, 8, 8\)"):
+        robust_train(config(set_dir, "cvae_augment"), tmp_path / "run", data=data, progress=False)
+
+
+def test_labels_out_of_range_are_reported(set_dir, tmp_path):
+    pairs = labelled_pairs()
+    bad = PairedData.from_tensors(pairs.images, pairs.perturbed, pairs.labels + 5)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        robust_train(config(set_dir), tmp_path / "run", data=bad, progress=False)
+
+
+def test_unlabelled_data_is_refused(set_dir, tmp_path):
+    pairs = labelled_pairs()
+    with pytest.raises(ValueError, match="need labels"):
+        robust_train(config(set_dir), tmp_path / "run", data=PairedData.from_tensors(pairs.images, pairs.perturbed), progress=False)
+
+
+def test_markdown_table_layout():
+    a = robust_mod.RobustReport("A", 0.9, 0.8, None, {"p50": 0.5}, {}, {"p50": 1.0}, {"test": 10})
+    b = robust_mod.RobustReport("B", 0.7, 0.6, 0.5, {"p50": 0.6}, {"p50": 0.4}, {"p50": 1.0}, {"test": 10})
+    table = reports_to_markdown([a, b])
+    assert "| A | 90.0 | 80.0 | – | 50.0 | – |" in table
+    assert "| B | 70.0 | 60.0 | 50.0 | 60.0 | 40.0 |" in table
+
+
+def test_cli_robust_train_and_eval(set_dir, tmp_path, capsys):
+    pairs = labelled_pairs()
+    np.savez(tmp_path / "pairs.npz", x=pairs.images.numpy(), x_tilde=pairs.perturbed.numpy(), y=pairs.labels.numpy())
+    cfg = to_dict(config(set_dir, "cvae_augment"))
+    cfg["data"]["path"] = str(tmp_path / "pairs.npz")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["robust-train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "| cvae_augment |" in capsys.readouterr().out
+    assert main(["robust-eval", str(tmp_path / "r.yaml"), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    first = json.loads((tmp_path / "run" / "eval" / "robust_metrics.json").read_text())
+    again = json.loads((tmp_path / "ev" / "robust_metrics.json").read_text())
+    assert first["clean"] == again["clean"] and first["pgd"] == again["pgd"]
