@@ -22,3 +22,30 @@ def check_kwargs(kind: str, fn: Callable, kwargs: dict) -> None:
     for key in kwargs:
         if key not in valid:
             raise ValueError(unknown_name_message(f"option for {kind}", key, valid))
+
+
+class Registry(dict):
+    """Names → builders of one kind, with errors that suggest the nearest name or option."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        """Decorator registering ``builder(**options)`` under ``name``."""
+
+        def decorate(builder: Callable) -> Callable:
+            if name in self:
+                raise ValueError(f"a {self.kind} named {name!r} is already registered")
+            self[name] = builder
+            return builder
+
+        return decorate
+
+    def build(self, name: str, **options):
+        """Call the builder registered as ``name`` with its keyword options."""
+        if name not in self:
+            raise ValueError(unknown_name_message(self.kind, name, self))
+        builder = self[name]
+        check_kwargs(f"{self.kind} {name!r}", builder, options)
+        return builder(**options)

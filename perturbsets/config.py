@@ -279,13 +279,15 @@ class AttackConfig:
         set's validation latent norms (stored with the set).
     step_size: ``null`` means eps / ``step_divisor`` (paper: ε/5 for training, ε/20 for
         evaluation).
+    random_start: start uniformly in the ball; the default starts at u = 0 as Algorithm 1
+        does (the authors' code drew a random start).
     """
 
     eps: float | str = "max"
     steps: int = 7
     step_size: float | None = None
     step_divisor: float = 5.0
-    random_start: bool = True
+    random_start: bool = False
     restarts: int = 1
 
 

@@ -690,6 +690,18 @@ class PairedData:
         device = torch.device(device)
         return self._iterate(batch_size, bool(shuffle), seed, epoch, mode, device, bool(drop_last))
 
+    def evaluation_batches(
+        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu"
+    ) -> Iterator[PairBatch]:
+        """Batches for measuring a model: every stored pair exactly once, in order, or for
+        on-the-fly data ``passes`` passes of fresh pairs drawn from ``seed`` (epochs 0..passes-1).
+        """
+        if self.is_stored:
+            yield from self.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
+            return
+        for p in range(_positive_int(passes, "passes")):
+            yield from self.batches(batch_size, shuffle=False, seed=seed, epoch=p, device=device)
+
     def _iterate(
         self, batch_size: int, shuffle: bool, seed: int, epoch: int, mode: str, device: torch.device, drop_last: bool
     ) -> Iterator[PairBatch]:

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ._io import write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Schedule, save_config, to_dict
+from .data import PairBatch, PairedData
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
@@ -87,9 +88,9 @@ def fit(
     epochs: int,
     seed: int,
     lr: Schedule,
-    batches: Callable[[int], Iterable[Any]],
-    n_batches: int,
-    step: Callable[[Any, float, torch.Generator], StepOutput],
+    train: PairedData,
+    batch_size: int,
+    step: Callable[[PairBatch, float, torch.Generator], StepOutput],
     validate: Callable[[], dict[str, float]],
     device: torch.device,
     select: str = "best",
@@ -101,7 +102,7 @@ def fit(
     Args:
         config: the run's config dataclass; saved as ``config.yaml`` and stored in every
             checkpoint so a resume with a different config is refused.
-        batches: ``epoch -> iterable of batches`` (seeded by the epoch).
+        train: the training pairs, shuffled every epoch from (seed, epoch).
         step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
             seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
         validate: returns at least ``val_loss`` (lower is better) after each epoch.
@@ -121,6 +122,7 @@ def fit(
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
+    n_batches = train.num_batches(batch_size)
     if n_batches == 0:
         raise ValueError("the training split is empty; give data.split.train a positive size")
 
@@ -130,7 +132,8 @@ def fit(
         gen = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, 2))
         sums: dict[str, float] = {}
         seen = 0
-        bar = tqdm(batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        batches = train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device)
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for i, batch in enumerate(bar):
             t = epoch + (i + 1) / n_batches
             rate = lr(t)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._names import check_kwargs, unknown_name_message
+from ._names import Registry
 
 __all__ = [
     "Perturbation",
@@ -327,7 +327,8 @@ class RTS:
         return rts(x, self.angle, self.scale, self.translate, generator=generator)
 
 
-PERTURBATIONS: dict[str, type] = {"linf": LinfNoise, "rts": RTS}
+PERTURBATIONS = Registry("perturbation")
+PERTURBATIONS.update({"linf": LinfNoise, "rts": RTS})
 
 
 def build_perturbation(name: str, **kwargs: Any) -> Perturbation:
@@ -339,8 +340,4 @@ def build_perturbation(name: str, **kwargs: Any) -> Perturbation:
         ValueError: unknown ``name`` (with the nearest valid name suggested), unknown
             keyword arguments (with the valid ones listed), or invalid values.
     """
-    if name not in PERTURBATIONS:
-        raise ValueError(unknown_name_message("perturbation", str(name), PERTURBATIONS))
-    cls = PERTURBATIONS[name]
-    check_kwargs(f"perturbation {name!r}", cls, kwargs)
-    return cls(**kwargs)
+    return PERTURBATIONS.build(str(name), **kwargs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ import torch
 from ._io import write_json
 from .config import Config
 from .cvae import CVAE
-from .data import PairBatch, PairedData, load_pairs
+from .data import PairedData, load_pairs
 from .perturbation_set import PerturbationSet
 from .quality import QualityReport, evaluate_quality
 from .radius import LatentNormStats, latent_norms, norm_statistics, select_radius
@@ -25,17 +24,6 @@ from .loop import derive_seed, resolve_device
 from .train import TrainResult, train_cvae
 
 SET_DIR = "perturbation_set"
-
-
-def evaluation_batches(
-    data: PairedData, batch_size: int, seed: int, passes: int, device: torch.device | str
-) -> Iterator[PairBatch]:
-    """Every stored pair once, or ``passes`` seeded passes of fresh on-the-fly pairs."""
-    if data.is_stored:
-        yield from data.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
-        return
-    for p in range(passes):
-        yield from data.batches(batch_size, shuffle=False, seed=derive_seed(seed, 7), epoch=p, device=device)
 
 
 @dataclass
@@ -48,7 +36,8 @@ class RadiusChoice:
 def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
     """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
     ev = config.evaluation
-    norms = latent_norms(cvae, evaluation_batches(val, ev.batch_size, config.seed, ev.radius_passes, device))
+    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device)
+    norms = latent_norms(cvae, batches)
     return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
 
 
@@ -56,7 +45,7 @@ def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: Laten
     ev = config.evaluation
     return evaluate_quality(
         pset,
-        evaluation_batches(test, ev.batch_size, derive_seed(config.seed, 11), ev.passes, pset.device),
+        test.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 11), passes=ev.passes, device=pset.device),
         steps=ev.pgd_steps,
         step_size=ev.pgd_step_size,
         eae_samples=ev.eae_samples,

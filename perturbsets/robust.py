@@ -172,8 +172,8 @@ def robust_train(
         epochs=tc.epochs,
         seed=config.seed,
         lr=tc.lr,
-        batches=lambda epoch: splits.train.batches(tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch, device=device),
-        n_batches=splits.train.num_batches(tc.batch_size),
+        train=splits.train,
+        batch_size=tc.batch_size,
         step=step,
         validate=validate,
         device=device,
@@ -220,14 +220,6 @@ def reports_to_markdown(reports: list[RobustReport]) -> str:
         cells += [pct(r.certified.get(k)) for k in cert_keys]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _batches(data: PairedData, batch_size: int, seed: int, passes: int, device) -> Any:
-    if data.is_stored:
-        yield from data.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
-        return
-    for p in range(passes):
-        yield from data.batches(batch_size, shuffle=False, seed=derive_seed(seed, 13), epoch=p, device=device)
 
 
 @torch.no_grad()
@@ -338,14 +330,17 @@ def robust_evaluate(
     ev = config.evaluation
     data = load_pairs(config.data, config.seed) if data is None else data
     test = data.split(config.data.split, seed=config.seed).test
-    batches = lambda: _batches(test, ev.batch_size, config.seed, ev.passes, device)  # noqa: E731
+    eval_seed = derive_seed(config.seed, 13)
+    batches = lambda: test.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device)  # noqa: E731
     clean, n_clean = accuracy(model, batches(), lambda b: b.x)
     perturbed, _ = accuracy(model, batches(), lambda b: b.x_tilde)
     counts = {"test": n_clean}
     ood = None
     if ev.ood is not None:
         ood_data = load_pairs(ev.ood, config.seed).split(config.data.split, seed=config.seed).test
-        ood, counts["ood"] = accuracy(model, _batches(ood_data, ev.batch_size, config.seed, ev.passes, device), lambda b: b.x_tilde)
+        ood, counts["ood"] = accuracy(
+            model, ood_data.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
+        )
     pgd, radii = {}, {}
     certified: dict[str, float] = {}
     if pset is not None:

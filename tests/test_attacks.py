@@ -16,12 +16,6 @@ from perturbsets.nets import build_cvae
 from perturbsets.tasks import per_example_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class StandardPrior(nn.Module):

@@ -14,13 +14,6 @@ from perturbsets.checkpoint import CheckpointError, load_checkpoint, read_safete
 from perturbsets.nets import build_cvae
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(seed: int = 0) -> torch.nn.Module:

@@ -3,12 +3,11 @@ block numerics against explicit re-computations, shapes, gradients and the regis
 
 from __future__ import annotations
 
-import ast
 import math
 import re
-from pathlib import Path
 
 import pytest
+from conftest import reference_listing
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,33 +24,8 @@ from perturbsets.nets.classifiers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Other jobs share the cores: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-REFERENCE = Path("/work/shared/reference/state_dicts")
-if not REFERENCE.is_dir():  # fall back to a copy relative to the repository
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "state_dicts"
-
-
-def _parse_listing(name: str) -> tuple[list[str], list[tuple[str, tuple[int, ...]]]]:
-    """(header lines, [(key, shape)]) of a listing: two ``#`` lines, then ``key (d0, d1, ...)``."""
-    path = REFERENCE / f"{name}.txt"
-    if not path.is_file():
-        pytest.skip(f"reference listing {path} not available")
-    lines = path.read_text().splitlines()
-    assert lines[0].startswith("#") and lines[1].startswith("#")
-    entries = []
-    for line in lines[2:]:
-        if line.strip():
-            key, shape = line.split(" ", 1)
-            entries.append((key, tuple(ast.literal_eval(shape.strip()))))
-    return lines[:2], entries
 
 
 def _header_numbers(header: list[str]) -> tuple[int, int, int]:
@@ -85,7 +59,7 @@ def _model(name, request):
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
 def test_state_dict_matches_authors(name, request):
-    header, reference = _parse_listing(REFERENCE_MODELS[name])
+    header, reference = reference_listing(REFERENCE_MODELS[name])
     entries, _, _ = _header_numbers(header)
     assert len(reference) == entries
     ours = [(k, tuple(v.shape)) for k, v in _model(name, request).state_dict().items()]
@@ -94,7 +68,7 @@ def test_state_dict_matches_authors(name, request):
 
 @pytest.mark.parametrize("name,params", [("wideresnet_28_10", 36_479_194), ("unet", 17_269_668)])
 def test_parameter_and_buffer_counts(name, params, request):
-    header, _ = _parse_listing(REFERENCE_MODELS[name])
+    header, _ = reference_listing(REFERENCE_MODELS[name])
     _, header_params, header_buffers = _header_numbers(header)
     model = _model(name, request)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == params == header_params
@@ -103,7 +77,7 @@ def test_parameter_and_buffer_counts(name, params, request):
 
 def test_authors_checkpoint_layout_loads_strictly(unet_model):
     """A state dict built purely from the listing loads with strict=True."""
-    _, reference = _parse_listing("unet_mi_segmentation")
+    _, reference = reference_listing("unet_mi_segmentation")
     fake = {k: torch.full(shape, 0.5) if shape else torch.tensor(3) for k, shape in reference}
     model = build_classifier("unet")
     model.load_state_dict(fake, strict=True)
@@ -111,7 +85,7 @@ def test_authors_checkpoint_layout_loads_strictly(unet_model):
 
 
 def test_wideresnet_without_normalization_drops_wrapper():
-    _, reference = _parse_listing("wideresnet_28_10_cifar10")
+    _, reference = reference_listing("wideresnet_28_10_cifar10")
     expected = [(k[2:], s) for k, s in reference if k.startswith("1.")]
     torch.manual_seed(0)
     bare = build_classifier("wideresnet_28_10", normalize=False)

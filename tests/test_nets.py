@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 
 import pytest
+from conftest import reference_listing
 import torch
 import torch.nn.functional as F
 
@@ -15,39 +14,10 @@ from perturbsets.nets import CVAE_ARCHITECTURES, build_cvae, register_cvae
 from perturbsets.nets.mnist import SpatialTransformer
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-REFERENCE = Path("/work/shared/reference/state_dicts")
-if not REFERENCE.is_dir():  # fall back to a copy relative to the repository
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "state_dicts"
-
-
-def _parse_state_dict_listing(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    """Lines ``key (d0, d1, ...)`` after two ``#`` header lines."""
-    path = REFERENCE / f"{name}.txt"
-    if not path.is_file():
-        pytest.skip(f"reference listing {path} not available")
-    lines = path.read_text().splitlines()
-    assert lines[0].startswith("#") and lines[1].startswith("#")
-    out = []
-    for line in lines[2:]:
-        if not line.strip():
-            continue
-        key, shape = line.split(" ", 1)
-        parsed = ast.literal_eval(shape.strip())
-        out.append((key, tuple(parsed)))
-    return out
-
 
 @pytest.mark.parametrize("name,count", [("mnist_fc", 16), ("mnist_conv", 26), ("mnist_stn", 84)])
 def test_state_dict_matches_authors(name, count):
-    reference = _parse_state_dict_listing(name)
+    reference = reference_listing(name)[1]
     assert len(reference) == count
     torch.manual_seed(0)
     cvae = build_cvae(name)

@@ -20,13 +20,6 @@ from perturbsets.nets.mnist import FCEncoder, FCGenerator
 from perturbsets.perturbation_set import MANIFEST, PerturbationSet
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SHAPE = (1, 8, 8)
 OPTIONS = {"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4}

@@ -14,13 +14,6 @@ from perturbsets.nets import build_cvae
 from perturbsets.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to CPU oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cvae(name: str = "mnist_fc"):

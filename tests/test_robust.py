@@ -19,12 +19,6 @@ from perturbsets.nets import build_cvae
 from perturbsets.robust import read_certificates, reports_to_markdown, resolve_radius, robust_evaluate, robust_train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,15 @@ dicts (``shared/reference/state_dicts/wideresnet_28_10_cifar10.txt`` and
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._names import check_kwargs, unknown_name_message
+from .._names import Registry
 
-ClassifierBuilder = Callable[..., nn.Module]
-CLASSIFIERS: dict[str, ClassifierBuilder] = {}
+CLASSIFIERS = Registry("classifier")
+register_classifier = CLASSIFIERS.register
 
 # CIFAR-10 channel statistics used by the authors' normalisation wrapper (the std values are
 # the widely copied 0.2023/0.1994/0.2010, not the exact per-pixel std; kept for checkpoints).
@@ -35,25 +34,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 
-def register_classifier(name: str) -> Callable[[ClassifierBuilder], ClassifierBuilder]:
-    """Decorator registering ``builder(**options) -> nn.Module`` under ``name``."""
-
-    def decorate(builder: ClassifierBuilder) -> ClassifierBuilder:
-        if name in CLASSIFIERS:
-            raise ValueError(f"a classifier named {name!r} is already registered")
-        CLASSIFIERS[name] = builder
-        return builder
-
-    return decorate
-
 
 def build_classifier(name: str, **options) -> nn.Module:
     """Build the registered downstream model ``name`` with its keyword options."""
-    if name not in CLASSIFIERS:
-        raise ValueError(unknown_name_message("classifier", name, CLASSIFIERS))
-    builder = CLASSIFIERS[name]
-    check_kwargs(f"classifier {name!r}", builder, options)
-    return builder(**options)
+    return CLASSIFIERS.build(name, **options)
 
 
 class Normalize(nn.Module):
