@@ -179,7 +179,9 @@ def plot_pairs(
     return _save(_grid_figure(stacked, labels, title), path)
 
 
-def plot_samples(x: Any, samples: Any, path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_samples(
+    x: Any, samples: Any, path: str | os.PathLike, title: str | None = None, labels: list[str] | None = None
+) -> Path:
     """Show each input followed by samples from its perturbation set, one input per row.
 
     Args:
@@ -187,12 +189,17 @@ def plot_samples(x: Any, samples: Any, path: str | os.PathLike, title: str | Non
         samples: (N, S, C, H, W) perturbed samples; ``samples[i]`` belong to ``x[i]``.
         path: output PNG.
         title: optional figure title.
+        labels: S column titles (default "sample 1" … "sample S").
     """
     xa = _images(x, "x", 4, "(N, C, H, W)")
     sa = _images(samples, "samples", 5, "(N, S, C, H, W)")
     _same_n(xa, "x", sa, "samples")
     _same_image_shape(xa, "x", sa, "samples")
-    labels = [r"$x$"] + [f"sample {s + 1}" for s in range(sa.shape[1])]
+    if labels is None:
+        labels = [f"sample {s + 1}" for s in range(sa.shape[1])]
+    elif len(labels) != sa.shape[1]:
+        raise ValueError(f"got {len(labels)} labels for {sa.shape[1]} sample columns")
+    labels = [r"$x$"] + list(labels)
     grid = np.concatenate([xa[:, None], sa], axis=1)
     return _save(_grid_figure(grid, labels, title), path)
 

@@ -313,3 +313,11 @@ def test_overwrites_existing_file_on_success(tmp_path):
     target.write_bytes(b"old")
     plots.plot_curve([0, 1], {"a": [0, 1]}, target, "x", "y")
     assert target.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_samples_column_labels(tmp_path):
+    x = torch.rand(2, 1, 5, 5)
+    samples = torch.rand(2, 3, 1, 5, 5)
+    assert plots.plot_samples(x, samples, tmp_path / "a.png", labels=["a", "b", "c"]).is_file()
+    with pytest.raises(ValueError, match="2 labels for 3 sample columns"):
+        plots.plot_samples(x, samples, tmp_path / "b.png", labels=["a", "b"])
