@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .latent import latent_norm, project, sample_uniform_ball, to_latent
 from .perturbation_set import PerturbationSet
-from .tasks import IGNORE_INDEX, check_labels, per_example_error, per_example_loss
+from .tasks import IGNORE_INDEX, check_labels, eval_mode, per_example_error, per_example_loss
 
 
 class GradientMaskingWarning(UserWarning):
@@ -43,15 +43,8 @@ class Attack:
 
     def __call__(self, x: Tensor, y: Tensor) -> AttackOutput:
         self.perturbation_set.check_input(x)
-        if not isinstance(self.model, nn.Module):
+        with eval_mode(self.model):
             return self.perturb(x, y)
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            return self.perturb(x, y)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
 
     def perturb(self, x: Tensor, y: Tensor) -> AttackOutput:
         raise NotImplementedError
@@ -64,8 +57,8 @@ class LatentPGD(Attack):
     reparameterisation) with normalised ℓ2 gradient steps u ← Proj_ε(u + α·∇/‖∇‖₂)
     (Algorithm 1). Each example stops as soon as it is misclassified (for segmentation:
     once at least ``pixel_fraction`` of its scored pixels are wrong; 1.0 = every pixel),
-    and the returned point is, per example, the first misclassifying iterate or else the
-    one with the highest loss over all iterates and restarts. There is no clamp in latent
+    and the returned point is, per example, the misclassifying iterate with the highest
+    loss over all iterates and restarts, or else the iterate with the highest loss. There is no clamp in latent
     space: the generator's output stays in the data range by construction.
 
     Args:
@@ -75,7 +68,8 @@ class LatentPGD(Attack):
             is refused unless ``allow_larger_radius``.
         steps: T gradient steps (paper: 50 for evaluation, 7 for training).
         step_size: α (default ε/20; the paper trains with ε/5).
-        random_start: start uniformly in the ball; ``False`` starts at u = 0 (Algorithm 1).
+        random_start: start uniformly in the ball (the default, so that restarts differ);
+            ``False`` starts at u = 0 as Algorithm 1 does.
         restarts: independent random starts; the worst case over them is kept.
         early_stop: stop updating an example once it is misclassified.
         pixel_fraction: segmentation only, fraction of wrong pixels that counts as success.

@@ -85,10 +85,11 @@ def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state``."""
-    tensors = read_safetensors(path, device)
+    # Read on the CPU: load_state_dict copies into the model's own devices, and optimizer
+    # step counters must stay CPU scalars (a CUDA one costs a host sync every step).
+    tensors = read_safetensors(path, "cpu")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("perturbsets", "null"))
     if not isinstance(meta, dict) or "state" not in meta:

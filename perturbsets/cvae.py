@@ -74,9 +74,6 @@ class Gaussian:
             noise = torch.randn_like(self.mean)
         return self.mean + noise * self.std
 
-    def detach(self) -> "Gaussian":
-        return Gaussian(self.mean.detach(), self.logvar.detach())
-
 
 @dataclass(frozen=True)
 class CVAEOutput:

@@ -595,6 +595,11 @@ class PairedData:
                 raise ValueError(f"split fractions sum to {sum(fractions):.6g} > 1; they must sum to at most 1")
             if abs(sum(fractions) - 1.0) <= 1e-9 and fractions[0] > 0:
                 counts[0] = n - counts[1] - counts[2]
+                if counts[0] <= 0:
+                    raise ValueError(
+                        f"split {dict(zip(_SPLIT_NAMES, requested))} of N={n} images leaves no image for 'train' "
+                        "after rounding val and test up; use a larger dataset or smaller val/test fractions"
+                    )
         total = 0
         for name, size, count in zip(_SPLIT_NAMES, requested, counts):
             total += count

@@ -113,7 +113,7 @@ def fit(
     config_dict = json.loads(json.dumps(to_dict(config)))
     start, best_val, best_epoch, history = 0, math.inf, -1, []
     if resume:
-        state = load_checkpoint(latest, model, optimizer, device=device)
+        state = load_checkpoint(latest, model, optimizer)
         if state.get("config") != config_dict:
             raise ValueError(
                 f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
@@ -175,6 +175,6 @@ def fit(
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
 
-    load_checkpoint(ckpt_dir / (BEST if select == "best" else LATEST), model, device=device)
+    load_checkpoint(ckpt_dir / (BEST if select == "best" else LATEST), model)
     model.eval()
     return FitResult(history, best_epoch, best_val)

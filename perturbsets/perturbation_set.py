@@ -19,8 +19,8 @@ from torch import Tensor
 from . import __version__
 from ._io import atomic_path, write_json
 from .checkpoint import CheckpointError, read_safetensors, sha256_file
-from .cvae import CVAE
-from .latent import project, relative_encoding, sample_truncated_normal, to_latent
+from .cvae import CVAE, Gaussian
+from .latent import project, relative_encoding, sample_truncated_normal
 from .nets import build_cvae
 
 MANIFEST = "perturbation_set.json"
@@ -101,15 +101,17 @@ class PerturbationSet:
                 f"{name} has shape {tuple(x.shape)} but this perturbation set takes (N, {', '.join(map(str, self.input_shape))}); "
                 "resize or pad the data to the shape the set was learned on"
             )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch; give at least one input")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf values")
 
-    def _latent(self, u: Tensor, n: int) -> Tensor:
-        if u.dim() < 1 or u.shape[0] != n or u[0].numel() != self.latent_dim:
-            raise ValueError(
-                f"u has shape {tuple(u.shape)}; expected ({n}, {self.latent_dim}) for a batch of {n} inputs"
-            )
-        return u.reshape(n, *self.latent_shape)
+    def _generate(self, x: Tensor, prior: Gaussian, u: Tensor) -> Tensor:
+        """g(μ(x) + u·σ(x), x) for u (N, m, latent_dim): (N, m, C, H, W), the prior computed once."""
+        n, m = u.shape[:2]
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
+        z = rep(prior.mean) + u.reshape(n * m, *self.latent_shape) * rep(prior.std)
+        return self.cvae.generate(z, rep(x)).view(n, m, *self.input_shape)
 
     # ------------------------------------------------------------------ the set
     def perturb(self, x: Tensor, u: Tensor) -> Tensor:
@@ -119,8 +121,10 @@ class PerturbationSet:
         ‖u‖₂ ≤ radius (see :func:`perturbsets.latent.project`) to stay inside S(x).
         """
         self.check_input(x)
-        prior = self.cvae.prior_params(x)
-        return self.cvae.generate(to_latent(self._latent(u, x.shape[0]), prior), x)
+        n = x.shape[0]
+        if u.dim() < 1 or u.shape[0] != n or u.flatten(1).shape[1] != self.latent_dim:
+            raise ValueError(f"u has shape {tuple(u.shape)}; expected ({n}, {self.latent_dim}) for a batch of {n} inputs")
+        return self._generate(x, self.cvae.prior_params(x), u.reshape(n, 1, self.latent_dim))[:, 0]
 
     @torch.no_grad()
     def encode(self, x: Tensor, x_tilde: Tensor) -> Tensor:
@@ -140,10 +144,8 @@ class PerturbationSet:
         self.check_input(x)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        batch = x.shape[0]
-        u = sample_truncated_normal(batch * n, self.latent_dim, self.radius, generator, device=x.device, dtype=x.dtype)
-        x_rep = x.repeat_interleave(n, dim=0)
-        return self.perturb(x_rep, u).view(batch, n, *self.input_shape)
+        u = sample_truncated_normal(x.shape[0] * n, self.latent_dim, self.radius, generator, device=x.device, dtype=x.dtype)
+        return self._generate(x, self.cvae.prior_params(x), u.view(x.shape[0], n, self.latent_dim))
 
     @torch.no_grad()
     def interpolate(self, x: Tensor, x_tilde_a: Tensor, x_tilde_b: Tensor, steps: int = 8) -> Tensor:
@@ -154,12 +156,16 @@ class PerturbationSet:
         """
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
-        u_a = project(self.encode(x, x_tilde_a), self.radius)
-        u_b = project(self.encode(x, x_tilde_b), self.radius)
+        for name, x_tilde in (("x_tilde_a", x_tilde_a), ("x_tilde_b", x_tilde_b)):
+            self.check_input(x_tilde, name)
+        self.check_input(x)
+        prior = self.cvae.prior_params(x)
+        u_a, u_b = (
+            project(relative_encoding(self.cvae.posterior_params(x, xt), prior).flatten(1), self.radius)
+            for xt in (x_tilde_a, x_tilde_b)
+        )
         t = torch.linspace(0, 1, steps, device=x.device, dtype=u_a.dtype).view(1, steps, 1)
-        u = (1 - t) * u_a.unsqueeze(1) + t * u_b.unsqueeze(1)
-        out = self.perturb(x.repeat_interleave(steps, dim=0), u.reshape(-1, self.latent_dim))
-        return out.view(x.shape[0], steps, *self.input_shape)
+        return self._generate(x, prior, (1 - t) * u_a.unsqueeze(1) + t * u_b.unsqueeze(1))
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:

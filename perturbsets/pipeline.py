@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import write_json
+from ._io import atomic_path, write_json
 from .config import Config
 from .cvae import CVAE
 from .data import PairedData, load_pairs
@@ -94,7 +94,8 @@ def learn_perturbation_set(
     pset.metrics = report.to_dict()
     pset.save(out_dir / SET_DIR)
     write_json(out_dir / "metrics.json", pset.metrics)
-    np.save(out_dir / "latent_norms.npy", choice.norms)
+    with atomic_path(out_dir / "latent_norms.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, choice.norms)
     write_report(out_dir, pset, report, result.splits.test, config, choice.norms, result.history)
     return LearnResult(pset, report, result, choice, out_dir)
 

@@ -69,25 +69,20 @@ def latent_pgd(
     example (the start included) and the u achieving it.
     """
     u = u.detach().clone()
-    with torch.no_grad():
-        best = error_fn(u)
     best_u = u.clone()
+    best = torch.full((u.shape[0],), -torch.inf if maximize else torch.inf, device=u.device, dtype=u.dtype)
     sign = 1.0 if maximize else -1.0
-    for _ in range(steps):
-        u.requires_grad_(True)
-        with torch.enable_grad():
+    for step in range(steps + 1):
+        u.requires_grad_(step < steps)
+        with torch.set_grad_enabled(step < steps):
             value = error_fn(u)
-            (grad,) = torch.autograd.grad(value.sum(), u)
+            grad = torch.autograd.grad(value.sum(), u)[0] if step < steps else None
         with torch.no_grad():
             better = value > best if maximize else value < best
             best = torch.where(better, value.detach(), best)
             best_u[better] = u.detach()[better]
-            u = project(u.detach() + sign * step_size * _normalised(grad), radius)
-    with torch.no_grad():
-        value = error_fn(u)
-        better = value > best if maximize else value < best
-        best = torch.where(better, value, best)
-        best_u[better] = u[better]
+            if grad is not None:
+                u = project(u.detach() + sign * step_size * _normalised(grad), radius)
     return best, best_u
 
 
@@ -115,18 +110,19 @@ def approximation_errors(
     prior = cvae.prior_params(x)
     posterior = cvae.posterior_params(x, x_tilde)
 
-    def error_at(u: Tensor, xs: Tensor = x, target: Tensor = x_tilde, p=prior) -> Tensor:
-        z = to_latent(u.view(-1, *pset.latent_shape), p)
-        return pixel_error(pset, cvae.generator(z, xs), target, metric)
+    def error_at(u: Tensor) -> Tensor:
+        z = to_latent(u.view(-1, *pset.latent_shape), prior)
+        return pixel_error(pset, cvae.generator(z, x), x_tilde, metric)
 
     u_enc = project(relative_encoding(posterior, prior).flatten(1), radius)
     out = {"enc_ae": error_at(u_enc)}
     out["pgd_ae"], _ = latent_pgd(error_at, u_enc, radius, steps, step_size, maximize=False)
 
-    u_eae = sample_truncated_normal(n * eae_samples, dim, radius, generator, device=x.device, dtype=x.dtype)
-    rep = lambda t: t.repeat_interleave(eae_samples, dim=0)  # noqa: E731
-    rep_prior = type(prior)(rep(prior.mean), rep(prior.logvar))
-    out["eae"] = error_at(u_eae, rep(x), rep(x_tilde), rep_prior).view(n, eae_samples).mean(1)
+    # One draw per example at a time keeps memory at one batch, whatever eae_samples is.
+    out["eae"] = sum(
+        error_at(sample_truncated_normal(n, dim, radius, generator, device=x.device, dtype=x.dtype))
+        for _ in range(eae_samples)
+    ) / eae_samples
 
     u_start = sample_uniform_ball(n, dim, radius, generator, device=x.device, dtype=x.dtype)
     out["oae"], _ = latent_pgd(error_at, u_start, radius, steps, step_size, maximize=True)

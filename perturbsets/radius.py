@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import check_radius_rule
 from .cvae import CVAE
 from .latent import latent_norm, relative_encoding
 
@@ -81,25 +82,6 @@ def norm_statistics(norms: np.ndarray, percentiles: Iterable[float] = PERCENTILE
         max=float(norms.max()),
         percentiles={f"p{q:g}": float(np.percentile(norms, q)) for q in percentiles},
     )
-
-
-def check_radius_rule(rule: float | str) -> None:
-    """Raise a ValueError unless ``rule`` is 'max', a percentile 'pQ' with Q in (0, 100], or a number > 0."""
-    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        if not 0 < rule < float("inf"):
-            raise ValueError(f"a radius must be a finite number > 0, got {rule}")
-        return
-    if rule == "max":
-        return
-    if isinstance(rule, str) and rule.startswith("p"):
-        try:
-            q = float(rule[1:])
-        except ValueError:
-            q = -1.0
-        if 0 < q <= 100:
-            return
-        raise ValueError(f"radius rule {rule!r}: a percentile rule is 'p' followed by a number in (0, 100], e.g. 'p75'")
-    raise ValueError(f"unknown radius rule {rule!r}; use 'max', a percentile like 'p75', or a number")
 
 
 def select_radius(norms: np.ndarray, rule: float | str = "max") -> float:

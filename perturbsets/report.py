@@ -37,8 +37,9 @@ def write_figures(out_dir: Path, pset: PerturbationSet, data: PairedData, seed: 
     fig_dir = out_dir / FIGURES
     device = pset.device
     batch = next(data.batches(8, shuffle=False, seed=seed, device=device))
-    recon = pset.cvae(batch.x, batch.x_tilde).reconstruction
     gen = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn((batch.x.shape[0], *pset.latent_shape), generator=gen, device=device)
+    recon = pset.cvae(batch.x, batch.x_tilde, noise=noise).reconstruction
     figures = {
         "pairs": plot_pairs(batch.x, batch.x_tilde, recon, fig_dir / "pairs.png", title="test pairs and CVAE reconstructions"),
         "samples": plot_samples(

@@ -18,6 +18,8 @@ of radii, and certified accuracy by randomized smoothing in the latent space.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +33,11 @@ from ._io import write_json, write_text
 from .attacks import LatentPGD
 from .config import AttackConfig, RobustConfig, load_config
 from .data import PairBatch, PairedData, load_pairs
-from .loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
+from .checkpoint import load_checkpoint
+from .loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets.classifiers import build_classifier
 from .perturbation_set import PerturbationSet
+from .plots import plot_curve
 from .smoothing import SmoothedClassifier, certified_accuracy, certified_accuracy_curve
 from .tasks import check_labels, per_example_error, per_example_loss
 
@@ -132,6 +136,10 @@ def robust_train(
             f"the data's images are {tuple(data.image_shape)} but the perturbation set takes {pset.input_shape}; "
             "use data of the shape the set was learned on"
         )
+    if pset is not None:
+        # Fail now, not after training, if an evaluation radius cannot be resolved.
+        for spec in config.evaluation.radii:
+            resolve_radius(pset, spec)
     splits = data.split(config.data.split, seed=config.seed)
     model = build_model(config).to(device)
     if tc.optimizer == "adam":
@@ -260,18 +268,36 @@ def certify_examples(
     cc = config.evaluation.certify
     assert cc is not None
     smoothed = SmoothedClassifier(model, pset, sigma, num_classes)
+    # Rows may only be reused by a run that would have written exactly the same rows.
+    fingerprint = {
+        "model_sha256": state_dict_sha256(model),
+        "perturbation_set_sha256": state_dict_sha256(pset.cvae),
+        "sigma": sigma,
+        "n0": cc.n0,
+        "n": cc.n,
+        "alpha": cc.alpha,
+        "seed": config.seed,
+    }
+    stamp = tsv.with_suffix(".json")
     done = set()
     if tsv.is_file():
+        previous = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if previous != fingerprint:
+            raise ValueError(
+                f"{tsv} holds certificates of another model or other settings ({stamp.name} differs); "
+                "delete it to start afresh, or write to another --out"
+            )
         _drop_partial_rows(tsv)
         done = {int(row["idx"]) for row in read_certificates(tsv)}
     else:
-        tsv.parent.mkdir(parents=True, exist_ok=True)
-        tsv.write_text("\t".join(CERT_COLUMNS) + "\n")
+        write_json(stamp, fingerprint)
+        write_text(tsv, "\t".join(CERT_COLUMNS) + "\n")
     limit = cc.max_examples if cc.max_examples is not None else len(data)
     gen = torch.Generator(device=pset.device)
     for batch in data.batches(config.evaluation.batch_size, shuffle=False, seed=config.seed, device=pset.device):
         y = _labels(batch)
         rows = []
+        assert batch.index is not None
         for i, idx in enumerate(batch.index.tolist()):
             if len(done) >= limit:
                 break
@@ -282,6 +308,11 @@ def certify_examples(
             gen.manual_seed(derive_seed(config.seed, 17, idx))
             began = time.perf_counter()
             cert = smoothed.certify(batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen)
+            if cert.prediction.dim() != 1:
+                raise ValueError(
+                    "the certification table holds one prediction per example; for segmentation models use "
+                    "SmoothedClassifier.certify directly, which returns per-pixel maps"
+                )
             pred, rad, label = int(cert.prediction[0]), float(cert.radius[0]), int(y[i])
             rows.append(f"{idx}\t{label}\t{pred}\t{rad:.6g}\t{int(pred == label)}\t{time.perf_counter() - began:.4g}\n")
             done.add(idx)
@@ -292,19 +323,42 @@ def certify_examples(
     return read_certificates(tsv)
 
 
+_CERT_DTYPE = [("idx", int), ("label", int), ("predict", int), ("radius", float), ("correct", int), ("time", float)]
+
+
+def _parse_row(line: str) -> tuple | None:
+    fields = line.split("\t")
+    if len(fields) != len(_CERT_DTYPE):
+        return None
+    try:
+        return tuple(t(v) for (_, t), v in zip(_CERT_DTYPE, fields))
+    except ValueError:
+        return None
+
+
 def _drop_partial_rows(tsv: Path) -> None:
     """Keep only complete rows: a run killed while appending may leave a cut-off last line."""
-    lines = tsv.read_text().splitlines()
-    good = [lines[0]] + [line for line in lines[1:] if len(line.split("\t")) == len(CERT_COLUMNS)]
-    if len(good) != len(lines) or not tsv.read_text().endswith("\n"):
-        write_text(tsv, "\n".join(good) + "\n")
+    text = tsv.read_text()
+    lines = text.split("\n")
+    # The last element is '' when the file ends with a newline, else an unfinished row.
+    good = [line for line in lines[1:-1] if _parse_row(line) is not None]
+    if len(good) != len(lines) - 2 or lines[-1] or lines[0] != "\t".join(CERT_COLUMNS):
+        write_text(tsv, "\n".join(["\t".join(CERT_COLUMNS), *good]) + "\n")
 
 
 def read_certificates(tsv: Path) -> np.ndarray:
     """The per-example certification table (``idx label predict radius correct time``)."""
-    dtype = [("idx", int), ("label", int), ("predict", int), ("radius", float), ("correct", int), ("time", float)]
-    rows = [tuple(line.split("\t")) for line in tsv.read_text().splitlines()[1:] if line.strip()]
-    return np.array([tuple(t(v) for (_, t), v in zip(dtype, row)) for row in rows], dtype=dtype)
+    rows = [_parse_row(line) for line in tsv.read_text().splitlines()[1:] if line.strip()]
+    return np.array([r for r in rows if r is not None], dtype=_CERT_DTYPE)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """A digest of a module's weights, to recognise the model that produced saved results."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def robust_evaluate(
@@ -317,24 +371,28 @@ def robust_evaluate(
     data: PairedData | None = None,
     progress: bool = True,
 ) -> RobustReport:
-    """Evaluate the model of a robust-training run (its best checkpoint) and write the results."""
-    from .checkpoint import load_checkpoint
+    """Evaluate a robust-training run's model (the checkpoint ``training.select`` picks) and write the results.
 
+    Clean and latent-PGD accuracy use every test image once; perturbed accuracy uses every
+    stored test pair (or ``passes`` passes of fresh on-the-fly pairs).
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device(config.training.device)
     if model is None:
         model = build_model(config).to(device)
-        load_checkpoint(run_dir / "checkpoints" / "best.safetensors", model, device=device)
+        load_checkpoint(run_dir / "checkpoints" / (BEST if config.training.select == "best" else LATEST), model)
     model.eval()
     pset = load_set(config, device)
     ev = config.evaluation
     data = load_pairs(config.data, config.seed) if data is None else data
     test = data.split(config.data.split, seed=config.seed).test
     eval_seed = derive_seed(config.seed, 13)
-    batches = lambda: test.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device)  # noqa: E731
-    clean, n_clean = accuracy(model, batches(), lambda b: b.x)
-    perturbed, _ = accuracy(model, batches(), lambda b: b.x_tilde)
-    counts = {"test": n_clean}
+    images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device)  # noqa: E731
+    clean, n_clean = accuracy(model, images(), lambda b: b.x)
+    perturbed, n_pairs = accuracy(
+        model, test.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
+    )
+    counts = {"test": n_clean, "perturbed": n_pairs}
     ood = None
     if ev.ood is not None:
         ood_data = load_pairs(ev.ood, config.seed).split(config.data.split, seed=config.seed).test
@@ -347,7 +405,7 @@ def robust_evaluate(
         for spec in ev.radii:
             eps = resolve_radius(pset, spec)
             radii[str(spec)] = eps
-            pgd[str(spec)] = pgd_accuracy(model, pset, batches(), ev.attack, eps, derive_seed(config.seed, 19))
+            pgd[str(spec)] = pgd_accuracy(model, pset, images(), ev.attack, eps, derive_seed(config.seed, 19))
         if ev.certify is not None:
             sigma = ev.certify.sigma if ev.certify.sigma is not None else config.training.sigma
             with torch.no_grad():
@@ -369,8 +427,6 @@ def _first_input(test: PairedData, device) -> Tensor:
 
 def write_certified_curve(table: np.ndarray, path: Path, sigma: float, max_radius: float) -> Path:
     """Certified accuracy against the latent radius, up to the set's radius (Figures 11 and 17)."""
-    from .plots import plot_curve
-
     grid, acc = certified_accuracy_curve(table["radius"], table["correct"] == 1, max_radius=max_radius)
     return plot_curve(grid, {f"σ = {sigma:.3g}": acc}, path, "radius ε (latent ℓ2)", "certified accuracy", step=True)
 

@@ -20,16 +20,16 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from scipy import stats
-from torch import Tensor, nn
+from torch import Tensor
 
 from .perturbation_set import PerturbationSet
+from .tasks import eval_mode
 
 ABSTAIN = -1
 CORRECTIONS: tuple[str, ...] = ("none", "bonferroni", "holm")
@@ -330,7 +330,7 @@ class SmoothedClassifier:
         x = x.to(device)
         total = x.shape[0] * n
         counts: Tensor | None = None
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             # The prior depends only on x: compute it once, not once per draw.
             prior = pset.cvae.prior_params(x)
             for start in range(0, total, batch_size):
@@ -468,20 +468,6 @@ class SmoothedClassifier:
 
 
 # ---------------------------------------------------------------------------- helpers
-@contextmanager
-def _eval_mode(model: Callable) -> Iterator[None]:
-    """Eval mode for the call, then every submodule's own previous mode back (even on error)."""
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
-
-
 def _check_count(name: str, value) -> int:
     try:
         value = operator.index(value)

@@ -7,14 +7,31 @@ are not scored (e.g. padding, or unlabelled pixels).
 
 from __future__ import annotations
 
-from typing import Literal
+from contextlib import contextmanager
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 Task = Literal["classification", "segmentation"]
 IGNORE_INDEX = -100
+
+
+@contextmanager
+def eval_mode(model: Callable) -> Iterator[None]:
+    """Eval mode for the duration (BatchNorm uses running statistics and updates nothing),
+    then every submodule's own previous mode back, even on error. Plain callables pass through.
+    """
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
 
 
 def task_of(logits: Tensor) -> Task:

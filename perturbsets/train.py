@@ -7,7 +7,9 @@ final value, so losses are comparable across epochs) and two atomic checkpoints,
 
 Randomness is drawn from generators seeded by (seed, epoch) alone, and the checkpoint holds
 the model and optimizer state, so a run resumed from ``latest`` reaches exactly the same
-weights as one that was never interrupted.
+weights as one that was never interrupted — bit for bit on the CPU; on CUDA only with
+``torch.use_deterministic_algorithms(True)``, since some CUDA kernels (``grid_sample``'s
+backward among them) are not deterministic.
 """
 
 from __future__ import annotations

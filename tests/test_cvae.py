@@ -186,15 +186,6 @@ def test_gaussian_rsample_statistics():
     assert s.std().item() == pytest.approx(3.0, abs=0.1)
 
 
-def test_gaussian_detach():
-    m = torch.zeros(2, 2, requires_grad=True)
-    g = Gaussian(m * 1, m * 1).detach()
-    assert not g.mean.requires_grad and not g.logvar.requires_grad
-
-
-# ---------------------------------------------------------------------------- CVAE
-
-
 def test_cvae_forward_shapes():
     cvae = _tiny_cvae()
     x, xt = torch.rand(5, 1, 8, 8), torch.rand(5, 1, 8, 8)

@@ -191,3 +191,21 @@ def test_cli_robust_train_and_eval(set_dir, tmp_path, capsys):
     first = json.loads((tmp_path / "run" / "eval" / "robust_metrics.json").read_text())
     again = json.loads((tmp_path / "ev" / "robust_metrics.json").read_text())
     assert first["clean"] == again["clean"] and first["pgd"] == again["pgd"]
+
+
+def test_certification_refuses_to_mix_settings(set_dir, tmp_path):
+    cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 30, "alpha": 0.05, "batch_size": 64, "max_examples": 3})
+    robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    cfg.evaluation.certify.sigma = 0.9
+    with pytest.raises(ValueError, match="another model or other settings"):
+        robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+
+
+def test_a_row_cut_after_its_last_tab_is_dropped(tmp_path):
+    tsv = tmp_path / "certify.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n1\t4\t4\t0.9\t1\t")
+    robust_mod._drop_partial_rows(tsv)
+    table = read_certificates(tsv)
+    assert table["idx"].tolist() == [0]
+    assert tsv.read_text().endswith("0.1\n")
