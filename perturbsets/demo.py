@@ -20,7 +20,7 @@ from .smoothing import sigma_for_radius
 
 DEMO_CONFIG = "digits_rts.yaml"
 ROBUST_CONFIG = "digits_robust.yaml"
-ROBUST_MODES = {
+DEMO_MODES = {
     "standard": "Standard training",
     "cvae_augment": "CVAE data augmentation",
     "cvae_adversarial": "CVAE adversarial training",
@@ -58,7 +58,7 @@ def demo_config(*, quick: bool = False, seed: int = 0, device: str = "auto") -> 
 def robust_config(mode: str, set_dir: Path, pset: PerturbationSet, *, quick: bool, seed: int, device: str) -> RobustConfig:
     """The demo's robust-training config for one mode (``perturbsets/configs/digits_robust.yaml``)."""
     config = _packaged_config(ROBUST_CONFIG, RobustConfig)
-    config.name = ROBUST_MODES[mode]
+    config.name = DEMO_MODES[mode]
     config.seed = seed
     config.perturbation_set = str(set_dir)
     epochs = DEMO_EPOCHS[mode]
@@ -105,7 +105,7 @@ def run_robust_demo(out: Path, set_dir: Path, *, quick: bool, seed: int, device:
     """Train the digits CNN in each mode against the learned set, evaluate, certify, report."""
     pset = PerturbationSet.load(set_dir, device=resolve_device(device))
     reports, configs, models = [], {}, {}
-    for mode in ROBUST_MODES:
+    for mode in DEMO_MODES:
         config = robust_config(mode, set_dir, pset, quick=quick, seed=seed, device=device)
         run = out / "robust" / mode
         result = robust_train(config, run, progress=progress)
