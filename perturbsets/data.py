@@ -41,6 +41,7 @@ __all__ = [
     "load_pair_folder",
     "load_digits",
     "load_pairs",
+    "load_splits",
 ]
 
 # Relative slack on the value-range check, so float round-off in upstream transforms
@@ -976,3 +977,13 @@ def load_pairs(config: Any, seed: int) -> PairedData:
     if config.source == "folder":
         return load_pair_folder(path, value_range=value_range)
     return _load_npz(path, value_range)
+
+
+def load_splits(config: Any, seed: int, data: PairedData | None = None) -> DataSplits:
+    """Train / validation / test pairs of a :class:`perturbsets.config.DataConfig`.
+
+    ``data`` (pairs already in memory) replaces the configured source; it is split by
+    ``config.split`` deterministically from ``seed``.
+    """
+    data = load_pairs(config, seed) if data is None else data
+    return data.split(config.split, seed=seed)

@@ -11,6 +11,7 @@ import torch
 
 from ._io import write_text
 from .config import CertifyConfig, Config, RobustConfig, Schedule, load_config
+from .data import load_splits
 from .loop import resolve_device
 from .pipeline import SET_DIR, LearnResult, learn_perturbation_set
 from .perturbation_set import PerturbationSet
@@ -27,8 +28,8 @@ DEMO_MODES = {
     "smoothing": "Latent randomized smoothing",
 }
 # Small budgets that keep the whole demo under 10 minutes on 2 CPU cores; adversarial
-# training is the dearest (a 5-step attack per batch).
-DEMO_EPOCHS = {"standard": 10, "cvae_augment": 15, "cvae_adversarial": 8, "smoothing": 20}
+# training is the dearest (a 7-step attack per batch).
+DEMO_EPOCHS = {"standard": 10, "cvae_augment": 15, "cvae_adversarial": 10, "smoothing": 20}
 SHORT_NAMES = {"standard": "standard", "cvae_augment": "CVAE aug.", "cvae_adversarial": "CVAE adv.", "smoothing": "smoothing"}
 
 
@@ -81,10 +82,8 @@ def robust_config(mode: str, set_dir: Path, pset: PerturbationSet, *, quick: boo
 @torch.no_grad()
 def adversarial_figure(out: Path, configs: dict[str, RobustConfig], models: dict, pset: PerturbationSet) -> Path:
     """Inputs and their latent-PGD adversarial examples at the set's radius, per training mode."""
-    from .data import load_pairs
-
     first = next(iter(configs.values()))
-    test = load_pairs(first.data, first.seed).split(first.data.split, seed=first.seed).test
+    test = load_splits(first.data, first.seed).test
     batch = next(test.batches(8, shuffle=False, seed=first.seed, device=pset.device))
     columns = []
     for mode, model in models.items():

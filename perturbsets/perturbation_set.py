@@ -207,6 +207,20 @@ class PerturbationSet:
         return directory
 
     @classmethod
+    def from_reference_checkpoint(
+        cls, path: str | os.PathLike, arch: str, radius: float, *, device: str | torch.device = "cpu", metrics: dict | None = None
+    ) -> "PerturbationSet":
+        """A set from the authors' released ``.pth`` checkpoint (read with ``weights_only=True``).
+
+        ``arch`` is the reference's model-type name (``mnist_fc``, ``mnist_conv``,
+        ``mnist_stn``, ``cifar10_rectangle``); see :mod:`perturbsets.reference`.
+        """
+        # reference builds on this module, so it is imported where it is needed.
+        from .reference import perturbation_set_from_reference
+
+        return perturbation_set_from_reference(path, arch, radius, device=device, metrics=metrics)
+
+    @classmethod
     def load(
         cls, directory: str | os.PathLike, *, cvae: CVAE | None = None, device: str | torch.device = "cpu"
     ) -> "PerturbationSet":

@@ -15,7 +15,7 @@ import torch
 from ._io import atomic_path, write_json
 from .config import Config
 from .cvae import CVAE
-from .data import PairedData, load_pairs
+from .data import PairedData, load_splits
 from .perturbation_set import PerturbationSet
 from .quality import QualityReport, evaluate_quality
 from .radius import LatentNormStats, latent_norms, norm_statistics, select_radius
@@ -104,7 +104,7 @@ def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path,
     """Evaluate a saved set on the test split of ``config.data`` and write metrics and report."""
     device = resolve_device(config.training.device)
     pset = PerturbationSet.load(set_dir, device=device)
-    splits = load_pairs(config.data, config.seed).split(config.data.split, seed=config.seed)
+    splits = load_splits(config.data, config.seed)
     report = assess(pset, splits.test, config, None, progress)
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", report.to_dict())

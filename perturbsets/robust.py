@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ._io import write_json, write_text
 from .attacks import LatentPGD
 from .config import AttackConfig, RobustConfig, load_config
-from .data import PairBatch, PairedData, load_pairs
+from .data import PairBatch, PairedData, load_splits
 from .checkpoint import load_checkpoint
 from .loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets.classifiers import build_classifier
@@ -130,17 +130,16 @@ def robust_train(
     tc = config.training
     device = resolve_device(tc.device)
     pset = load_set(config, device)
-    data = load_pairs(config.data, config.seed) if data is None else data
-    if pset is not None and tuple(data.image_shape) != pset.input_shape:
+    splits = load_splits(config.data, config.seed, data)
+    if pset is not None and tuple(splits.train.image_shape) != pset.input_shape:
         raise ValueError(
-            f"the data's images are {tuple(data.image_shape)} but the perturbation set takes {pset.input_shape}; "
+            f"the data's images are {tuple(splits.train.image_shape)} but the perturbation set takes {pset.input_shape}; "
             "use data of the shape the set was learned on"
         )
     if pset is not None:
         # Fail now, not after training, if an evaluation radius cannot be resolved.
         for spec in config.evaluation.radii:
             resolve_radius(pset, spec)
-    splits = data.split(config.data.split, seed=config.seed)
     model = build_model(config).to(device)
     if tc.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.0, weight_decay=tc.weight_decay)
@@ -384,8 +383,7 @@ def robust_evaluate(
     model.eval()
     pset = load_set(config, device)
     ev = config.evaluation
-    data = load_pairs(config.data, config.seed) if data is None else data
-    test = data.split(config.data.split, seed=config.seed).test
+    test = load_splits(config.data, config.seed, data).test
     eval_seed = derive_seed(config.seed, 13)
     images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device)  # noqa: E731
     clean, n_clean = accuracy(model, images(), lambda b: b.x)
@@ -395,7 +393,7 @@ def robust_evaluate(
     counts = {"test": n_clean, "perturbed": n_pairs}
     ood = None
     if ev.ood is not None:
-        ood_data = load_pairs(ev.ood, config.seed).split(config.data.split, seed=config.seed).test
+        ood_data = load_splits(ev.ood, config.seed).test
         ood, counts["ood"] = accuracy(
             model, ood_data.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
         )

@@ -24,7 +24,7 @@ import torch
 
 from .config import Config
 from .cvae import CVAE
-from .data import DataSplits, PairBatch, PairedData, load_pairs
+from .data import DataSplits, PairBatch, PairedData, load_splits
 from .loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets import build_cvae
 
@@ -107,12 +107,11 @@ def train_cvae(
     out_dir = Path(out_dir)
     prepare_run(out_dir, resume)
     device = resolve_device(config.training.device)
-    data = load_pairs(config.data, config.seed) if data is None else data
-    splits = data.split(config.data.split, seed=config.seed)
+    splits = load_splits(config.data, config.seed, data)
     cvae = build_model(config).to(device)
     if config.training.channels_last:
         cvae.to(memory_format=torch.channels_last)
-    check_data_fits(cvae, data)
+    check_data_fits(cvae, splits.train)
     tc = config.training
     optimizer = torch.optim.Adam(cvae.parameters(), lr=0.0, weight_decay=tc.weight_decay)
 

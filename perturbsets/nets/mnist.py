@@ -112,10 +112,11 @@ class Block(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(channels)
+        # Registration order follows the authors' state dict (convolutions first).
         self.conv1 = nn.Conv2d(channels, channels, 5)
-        self.bn2 = nn.BatchNorm2d(channels)
         self.conv2 = nn.Conv2d(channels, channels, 5)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.pad(F.relu(self.bn1(x)), (2, 2, 2, 2), mode="reflect"))
