@@ -24,7 +24,8 @@ from .cvae import DISTRIBUTIONS
 
 T = TypeVar("T")
 
-DATA_SOURCES = ("digits", "folder", "npz")
+DATA_SOURCES = ("digits", "folder", "npz", "mnist", "cifar10", "cifar10c")
+PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
 
 
 def check_radius_rule(rule: float | str) -> None:
@@ -101,9 +102,18 @@ class DataConfig:
     """Where the pairs come from and how they are split.
 
     source: ``digits`` (the embedded scikit-learn digits), ``folder`` (``path`` holds
-        ``clean/NAME.png`` and ``perturbed/NAME*.png``) or ``npz`` (``path`` is a NumPy
+        ``clean/NAME.png`` and ``perturbed/NAME*.png``), ``npz`` (``path`` is a NumPy
         ``.npz`` with arrays ``x`` (N, C, H, W), ``x_tilde`` (N, C, H, W) or
-        (N, K, C, H, W), optional ``y`` (N,)).
+        (N, K, C, H, W), optional ``y`` (N,)), or a public dataset read from the folder
+        ``path``: ``mnist`` (IDX files), ``cifar10`` (python batches) or ``cifar10c``
+        (CIFAR-10 plus CIFAR-10-C ``.npy`` files); see :mod:`perturbsets.sources`.
+    canvas: side of the digit images (28, or 42 for the RTS canvas).
+    corruptions, severities, pairing: ``cifar10c`` only — the corruptions used as
+        versions of each image (default: the paper's 12), their severities (paper: 5),
+        and the pairing strategy of Appendix E.2 (``centered``, ``with_original``,
+        ``perturbed_only``).
+    augment: joint augmentation of training pairs, e.g. ``{pad: 4, crop: [32, 32], flip: true}``.
+    check_size: require the official dataset sizes (off for small test copies).
     perturbation: for clean-only sources, the perturbation applied to make x̃, e.g.
         ``{name: rts, angle: 45}``; ``null`` for sources that already hold pairs.
     fixed_perturbations: ``k`` to draw k perturbations per image once and store them
@@ -118,8 +128,16 @@ class DataConfig:
     fixed_perturbations: int | None = None
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     value_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    corruptions: list[str] | None = None
+    severities: list[int] = field(default_factory=lambda: [5])
+    pairing: str = "centered"
+    augment: dict[str, Any] | None = None
+    check_size: bool = True
 
     def __post_init__(self) -> None:
+        if self.pairing not in PAIRINGS:
+            raise ConfigError(unknown_name_message("data.pairing", self.pairing, PAIRINGS))
+        _require(all(1 <= s <= 5 for s in self.severities) and self.severities, "severities must be in 1..5")
         if self.source not in DATA_SOURCES:
             raise ConfigError(unknown_name_message("data.source", self.source, DATA_SOURCES))
         _require(self.fixed_perturbations is None or self.fixed_perturbations >= 1, "fixed_perturbations must be >= 1 or null")

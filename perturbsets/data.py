@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .perturbations import Perturbation, _check_value_range, build_perturbation
+from .perturbations import Perturbation, _check_value_range
 
 __all__ = [
     "PairBatch",
@@ -40,8 +40,6 @@ __all__ = [
     "PairedData",
     "load_pair_folder",
     "load_digits",
-    "load_pairs",
-    "load_splits",
 ]
 
 # Relative slack on the value-range check, so float round-off in upstream transforms
@@ -932,58 +930,3 @@ def load_digits(canvas: int = 42) -> tuple[Tensor, Tensor]:
     pad = 4 + (canvas - 28) // 2
     images = F.pad(box.clamp_(0.0, 1.0), (pad, pad, pad, pad))
     return images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64))
-
-
-# --------------------------------------------------------------------------- from a config
-
-def _load_npz(path: Path, value_range: tuple[float, float]) -> PairedData:
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path {path} does not exist; give a .npz file with arrays x and x_tilde")
-    # allow_pickle=False: an .npz may embed pickled object arrays, which could run code.
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in ("x", "x_tilde") if k not in npz.files]
-        if missing:
-            raise ValueError(f"{path} lacks the array(s) {missing}; it holds {sorted(npz.files)} (expected x, x_tilde, optional y)")
-        labels = npz["y"] if "y" in npz.files else None
-        return PairedData.from_tensors(npz["x"], npz["x_tilde"], labels, value_range=value_range)
-
-
-def load_pairs(config: Any, seed: int) -> PairedData:
-    """Build the :class:`PairedData` a :class:`perturbsets.config.DataConfig` describes.
-
-    Clean-only sources (``digits``) need ``perturbation``; with ``fixed_perturbations: k``
-    k perturbations per image are drawn once from ``seed`` and stored (the paper's RTS-k),
-    otherwise a fresh one is drawn for every batch.
-    """
-    value_range = _check_value_range(tuple(config.value_range), "data.value_range")
-    if config.source == "digits":
-        images, labels = load_digits(config.canvas)
-        if not config.perturbation:
-            raise ValueError("data.source 'digits' holds clean images only: set data.perturbation, e.g. {name: rts}")
-        spec = dict(config.perturbation)
-        perturbation = build_perturbation(spec.pop("name", ""), **spec)
-        if config.fixed_perturbations:
-            return PairedData.with_fixed_perturbations(
-                images, perturbation, config.fixed_perturbations, seed, labels, value_range=value_range
-            )
-        return PairedData.on_the_fly(images, perturbation, labels, value_range=value_range)
-    if config.path is None:
-        raise ValueError(f"data.source {config.source!r} needs data.path")
-    if config.perturbation or config.fixed_perturbations:
-        raise ValueError(
-            f"data.source {config.source!r} already holds pairs; set data.perturbation and data.fixed_perturbations to null"
-        )
-    path = Path(config.path).expanduser()
-    if config.source == "folder":
-        return load_pair_folder(path, value_range=value_range)
-    return _load_npz(path, value_range)
-
-
-def load_splits(config: Any, seed: int, data: PairedData | None = None) -> DataSplits:
-    """Train / validation / test pairs of a :class:`perturbsets.config.DataConfig`.
-
-    ``data`` (pairs already in memory) replaces the configured source; it is split by
-    ``config.split`` deterministically from ``seed``.
-    """
-    data = load_pairs(config, seed) if data is None else data
-    return data.split(config.split, seed=seed)

@@ -11,7 +11,7 @@ import torch
 
 from ._io import write_text
 from .config import CertifyConfig, Config, RobustConfig, Schedule, load_config
-from .data import load_splits
+from .sources import load_splits
 from .loop import resolve_device
 from .pipeline import SET_DIR, LearnResult, learn_perturbation_set
 from .perturbation_set import PerturbationSet

@@ -15,7 +15,8 @@ import torch
 from ._io import atomic_path, write_json
 from .config import Config
 from .cvae import CVAE
-from .data import PairedData, load_splits
+from .data import PairedData
+from .sources import load_splits
 from .perturbation_set import PerturbationSet
 from .quality import QualityReport, evaluate_quality
 from .radius import LatentNormStats, latent_norms, norm_statistics, select_radius

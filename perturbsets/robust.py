@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from ._io import write_json, write_text
 from .attacks import LatentPGD
 from .config import AttackConfig, RobustConfig, load_config
-from .data import PairBatch, PairedData, load_splits
+from .data import PairBatch, PairedData
+from .sources import load_splits
 from .checkpoint import load_checkpoint
 from .loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets.classifiers import build_classifier

@@ -24,7 +24,8 @@ import torch
 
 from .config import Config
 from .cvae import CVAE
-from .data import DataSplits, PairBatch, PairedData, load_splits
+from .data import DataSplits, PairBatch, PairedData
+from .sources import load_splits
 from .loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets import build_cvae
 
