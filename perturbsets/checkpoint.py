@@ -21,7 +21,8 @@ from torch import nn
 
 from ._io import atomic_path
 
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+# Pickle protocols 2-5 start with 0x80 then the protocol number; torch.save writes a zip.
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
 class CheckpointError(ValueError):
@@ -42,8 +43,13 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # A safetensors file starts with its header length (u64, little endian) and then the
+    # JSON header; that length's low byte may well be 0x80, so test this before the
+    # pickle magic bytes.
+    declared = int.from_bytes(head[:8], "little") if len(head) >= 9 else -1
+    safetensors_like = head[8:9] == b"{" and 0 <= declared <= path.stat().st_size - 8
+    if not safetensors_like and head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(
             f"{path} is a pickle (torch.save) file, not safetensors; perturbsets never unpickles files "
             "because unpickling can run arbitrary code. Convert trusted weights with safetensors.torch.save_file."

@@ -62,6 +62,33 @@ def _robust_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiments(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    if args.action == "list":
+        for name in experiments.experiment_names():
+            exp = experiments.load_experiment(name)
+            needs = f" (uses {exp.requires})" if exp.requires else ""
+            print(f"{name:<30} {exp.table:<8} {exp.row}{needs}")
+        return 0
+    if args.action == "make-tiny-data":
+        from .tiny_datasets import write_tiny_datasets
+
+        print(f"tiny MNIST, CIFAR-10 and CIFAR-10-C copies written to {write_tiny_datasets(args.out)}")
+        return 0
+    if args.action == "table":
+        print(experiments.table_markdown(args.name, args.out, data=args.data))
+        return 0
+    names = experiments.experiment_names() if args.name == "all" else [args.name]
+    for name in names:
+        run = experiments.run_experiment(name, args.data, args.out, smoke=args.smoke, progress=not args.quiet)
+        print(f"{name}: done, results in {run}")
+    tables = sorted({experiments.load_experiment(n).table for n in names})
+    for table in tables:
+        print(experiments.table_markdown(table, args.out, data=args.data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perturbsets", description="Learn perturbation sets from paired data and use them for robustness."
@@ -106,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     reval.add_argument("--out", required=True, help="folder for robust_metrics.json, robust_table.md, certify.tsv, figures")
     reval.add_argument("--quiet", action="store_true")
     reval.set_defaults(func=_robust_eval)
+
+    exp = sub.add_parser("experiments", help="the paper's MNIST and CIFAR-10 experiments: list, run, tables")
+    exp.add_argument("action", choices=["list", "run", "table", "make-tiny-data"])
+    exp.add_argument("name", nargs="?", default="all", help="experiment name (run), 'all', or a table such as 'Table 4'")
+    exp.add_argument("--data", default="data", help="folder holding MNIST / cifar-10-batches-py / cifar-10-c-{train,test}")
+    exp.add_argument("--out", default="runs", help="runs folder (one sub-folder per experiment)")
+    exp.add_argument("--smoke", action="store_true", help="the seconds-long variant, for tiny data (make-tiny-data)")
+    exp.add_argument("--quiet", action="store_true")
+    exp.set_defaults(func=_experiments)
     return parser
 
 

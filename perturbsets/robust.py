@@ -33,7 +33,7 @@ from ._io import write_json, write_text
 from .attacks import LatentPGD
 from .config import AttackConfig, RobustConfig, load_config
 from .data import PairBatch, PairedData
-from .sources import load_splits
+from .sources import load_splits, load_test
 from .checkpoint import load_checkpoint
 from .loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets.classifiers import build_classifier
@@ -394,7 +394,7 @@ def robust_evaluate(
     counts = {"test": n_clean, "perturbed": n_pairs}
     ood = None
     if ev.ood is not None:
-        ood_data = load_splits(ev.ood, config.seed).test
+        ood_data = load_test(ev.ood, config.seed)
         ood, counts["ood"] = accuracy(
             model, ood_data.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
         )

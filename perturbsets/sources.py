@@ -114,6 +114,15 @@ def load_pairs(config: Any, seed: int) -> PairedData:
     return _load_npz(path, value_range)
 
 
+def load_test(config: Any, seed: int) -> Any:
+    """Only the test pairs of a data config (for public datasets, without reading the training files)."""
+    if config.source not in OFFICIAL_TEST:
+        return load_splits(config, seed).test
+    if config.path is None:
+        raise ValueError(f"data.source {config.source!r} needs data.path, the folder holding the dataset")
+    return _official(config, "test", seed, _check_value_range(tuple(config.value_range), "data.value_range"))
+
+
 def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
     """Train / validation / test pairs of a :class:`perturbsets.config.DataConfig`.
 

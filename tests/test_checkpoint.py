@@ -175,3 +175,20 @@ def test_crash_midway_through_writing_leaves_existing_checkpoint_intact(tmp_path
         save_checkpoint(path, _model(1), None, {"epoch": 2})
     assert path.read_bytes() == before
     assert _no_temp_files(tmp_path)
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import save_file
+
+    from perturbsets.checkpoint import read_safetensors
+
+    # The first byte of a safetensors file is the low byte of its header length; find a
+    # key length that makes it 0x80, the first byte of every modern pickle.
+    for n in range(1, 400):
+        path = tmp_path / f"w{n}.safetensors"
+        save_file({"w" * n: torch.arange(3.0)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no key length produced a leading 0x80 byte")
+    assert torch.equal(read_safetensors(path)["w" * n], torch.arange(3.0))

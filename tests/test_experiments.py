@@ -1,0 +1,95 @@
+"""Every experiment's smoke variant runs end to end on tiny data in the real formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perturbsets.cli import main
+from perturbsets.config import ConfigError
+from perturbsets.experiments import experiment_names, load_experiment, run_experiment, table_markdown
+from perturbsets.tiny_datasets import write_tiny_datasets
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    data = write_tiny_datasets(tmp_path_factory.mktemp("data"))
+    return data, tmp_path_factory.mktemp("runs")
+
+
+def test_every_paper_experiment_is_defined():
+    names = set(experiment_names())
+    assert {"mnist-linf-fc", "mnist-linf-conv", "mnist-rts", "mnist-rts-1", "mnist-rts-5"} <= names
+    assert {"cifar10c-centered", "cifar10c-original-perturbed", "cifar10c-perturbed-only"} <= names
+    assert {"cifar10-standard", "cifar10c-data-augmentation", "cifar10-cvae-augmentation", "cifar10-cvae-adversarial"} <= names
+    assert {"cifar10-smoothing-084", "cifar10-smoothing-122", "cifar10-smoothing-319"} <= names
+
+
+def test_full_configs_follow_the_paper():
+    rts = load_experiment("mnist-rts").perturbation_set
+    assert rts.training.epochs == 100 and rts.training.lr(40) == pytest.approx(8e-4)
+    assert rts.training.beta(10) == pytest.approx(0.01) and rts.training.beta(50) == pytest.approx(1.0)
+    cifar = load_experiment("cifar10c-centered").perturbation_set
+    assert cifar.training.beta(400) == pytest.approx(0.01) and cifar.training.beta(40) == pytest.approx(0.001)
+    assert cifar.data.augment == {"pad": 4, "crop": [32, 32], "flip": True}
+    adv = load_experiment("cifar10-cvae-adversarial").robust
+    assert adv.training.attack.steps == 7 and adv.training.attack.step_divisor == 5
+    assert adv.evaluation.attack.steps == 50 and adv.evaluation.attack.step_divisor == 20
+    assert [load_experiment(f"cifar10-smoothing-{t}").robust.training.sigma for t in ("084", "122", "319")] == [0.84, 1.22, 3.19]
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_smoke_variant_runs(dirs, name):
+    data, runs = dirs
+    run = run_experiment(name, data, runs, smoke=True, progress=False)
+    exp = load_experiment(name, data=data, runs=runs)
+    if exp.perturbation_set is not None:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["radius"] > 0 and metrics["pgd_ae"]["mean"] <= metrics["enc_ae"]["mean"] + 1e-9
+    if exp.robust is not None:
+        metrics = json.loads((run / "robust" / "eval" / "robust_metrics.json").read_text())
+        assert set(metrics["pgd"]) == {"p25", "p50", "p75"} and metrics["ood"] is not None
+        if exp.robust.evaluation.certify is not None:
+            assert (run / "robust" / "eval" / "certify.tsv").is_file()
+
+
+def test_a_finished_experiment_is_not_run_again(dirs):
+    data, runs = dirs
+    run = run_experiment("mnist-linf-fc", data, runs, smoke=True, progress=False)
+    stamp = (run / "checkpoints" / "latest.safetensors").stat().st_mtime_ns
+    run_experiment("mnist-linf-fc", data, runs, smoke=True, progress=False)
+    assert (run / "checkpoints" / "latest.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_tables_collect_the_rows(dirs):
+    data, runs = dirs
+    for name in ("mnist-linf-fc", "cifar10-standard"):
+        run_experiment(name, data, runs, smoke=True, progress=False)
+    table4 = table_markdown("Table 4", runs, data=data)
+    assert "| Fully connected ℓ∞ |" in table4 and "Enc. AE" in table4
+    table2 = table_markdown("Table 2", runs, data=data)
+    assert "| Standard training |" in table2 and "| Method | Clean | Perturbed | OOD |" in table2
+    assert (runs / "table_2.md").is_file()
+
+
+def test_unknown_experiment_and_cli(dirs, capsys):
+    data, runs = dirs
+    with pytest.raises(ValueError, match="did you mean 'mnist-rts'"):
+        load_experiment("mnist-rst")
+    assert main(["experiments", "list"]) == 0
+    assert "cifar10c-centered" in capsys.readouterr().out
+    assert main(["experiments", "run", "mnist-linf-conv", "--data", str(data), "--out", str(runs), "--smoke", "--quiet"]) == 0
+    assert "Convolutional ℓ∞" in capsys.readouterr().out
+
+
+def test_missing_dataset_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MNIST"):
+        run_experiment("mnist-linf-fc", tmp_path / "nothing", tmp_path / "runs", smoke=True, progress=False)
+
+
+def test_experiment_files_are_strict(tmp_path):
+    with pytest.raises(ConfigError):
+        from perturbsets.config import Config, from_dict
+
+        from_dict(Config, {"data": {"source": "mnist", "pairng": "centered"}})
