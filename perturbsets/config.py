@@ -164,6 +164,7 @@ class TrainingConfig:
 
     select: which checkpoint becomes the perturbation set, ``best`` (lowest validation
         loss) or ``latest``.
+    amp: mixed precision (bfloat16 autocast) on CUDA; no effect on the CPU.
     channels_last: store the convolution weights channels-last (the convolutions then run
         channels-last); faster for the few-channel convolutions of ``mnist_stn`` on CPU
         (about 1.3× on 2 cores) and for most CUDA models.
@@ -177,6 +178,7 @@ class TrainingConfig:
     device: str = "auto"
     select: str = "best"
     channels_last: bool = False
+    amp: bool = False
 
     def __post_init__(self) -> None:
         _check_loop(self)
@@ -383,6 +385,7 @@ class RobustTrainingConfig:
     select: str = "best"
     attack: AttackConfig = field(default_factory=AttackConfig)
     sigma: float = 1.0
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ROBUST_MODES:

@@ -127,8 +127,10 @@ def run_experiment(
 def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") -> str:
     """The rows of ``table`` (e.g. ``"Table 4"``) from every finished experiment under ``out``."""
     out = Path(out)
+    # Table 8 holds the validation latent-norm statistics of the Table 7 sets.
+    norms_only = table == "Table 8"
     exps = [load_experiment(n, data=data, runs=out) for n in experiment_names()]
-    exps = [e for e in exps if e.table == table]
+    exps = [e for e in exps if e.table == ("Table 7" if norms_only else table)]
     if not exps:
         tables = sorted({load_experiment(n).table for n in experiment_names()})
         raise ValueError(unknown_name_message("table", table, tables))
@@ -142,7 +144,14 @@ def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") ->
         elif (out / exp.name / "metrics.json").is_file():
             set_rows.append((exp.row, json.loads((out / exp.name / "metrics.json").read_text())))
     lines = [f"# {table}", ""]
-    if set_rows:
+    if set_rows and norms_only:
+        lines += ["| Method | β | Mean | Std | 25% | 50% | 75% | Max |", "|---|---|---|---|---|---|---|---|"]
+        for (row, m), exp in zip(set_rows, [e for e in exps if (out / e.name / "metrics.json").is_file()]):
+            s = m["latent_norms"]
+            beta = exp.perturbation_set.training.beta(float("inf")) if exp.perturbation_set else float("nan")
+            cells = [f"{beta:g}", f"{s['mean']:.2f}", f"{s['std']:.2f}"] + [f"{s['percentiles'][p]:.2f}" for p in ("p25", "p50", "p75")]
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {s['max']:.2f} |")
+    elif set_rows:
         lines += ["| Model | ε | " + " | ".join(LABELS[k] for k in METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
         for row, m in set_rows:
             lines.append(f"| {row} | {m['radius']:.3g} | " + " | ".join(f"{m[k]['mean']:.3g}" for k in METRICS) + " |")

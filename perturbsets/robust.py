@@ -188,6 +188,7 @@ def robust_train(
         select=tc.select,
         resume=resume,
         progress=progress,
+        amp=tc.amp,
     )
     return RobustTrainResult(model, result.history, result.best_epoch, out_dir)
 

@@ -143,5 +143,6 @@ def train_cvae(
         select=tc.select,
         resume=resume,
         progress=progress,
+        amp=tc.amp,
     )
     return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_val_loss, out_dir, device)

@@ -93,3 +93,11 @@ def test_experiment_files_are_strict(tmp_path):
         from perturbsets.config import Config, from_dict
 
         from_dict(Config, {"data": {"source": "mnist", "pairng": "centered"}})
+
+
+def test_table_8_reports_latent_norm_statistics(dirs):
+    data, runs = dirs
+    run_experiment("cifar10c-centered", data, runs, smoke=True, progress=False)
+    table8 = table_markdown("Table 8", runs, data=data)
+    assert "| Method | β | Mean | Std | 25% | 50% | 75% | Max |" in table8
+    assert "| Centered at original | 0.01 |" in table8

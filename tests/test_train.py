@@ -183,3 +183,36 @@ def test_data_outside_the_generators_range_is_refused(tmp_path):
     data = PairedData.on_the_fly(images, LinfNoise(0.3, value_range=(0.0, 255.0)), value_range=(0.0, 255.0))
     with pytest.raises(ValueError, match=r"value range is \[0.0, 255.0\].*rescale the data to \[0, 1\]"):
         train_cvae(config, tmp_path / "run", data=data, progress=False)
+
+
+def test_prefetch_keeps_order_reraises_and_stops_early():
+    from perturbsets.loop import prefetch
+
+    assert list(prefetch(iter(range(50)), 3)) == list(range(50))
+    assert list(prefetch(iter(range(5)), 0)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise RuntimeError("boom")
+
+    it = prefetch(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="boom"):
+        next(it)
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = prefetch(endless(), 2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops early: the producer thread must stop too
+    count = len(produced)
+    import time as _time
+
+    _time.sleep(0.3)
+    assert len(produced) <= count + 1
