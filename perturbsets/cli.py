@@ -89,6 +89,29 @@ def _experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_cifar10c(args: argparse.Namespace) -> int:
+    from .corruptions import CORRUPTIONS, load_frost_textures, make_corrupted_split
+    from .datasets import load_cifar10
+
+    images, labels = load_cifar10(args.cifar, args.split, check_size=not args.any_size)
+    hwc = images.transpose(0, 2, 3, 1)
+    names = args.corruptions.split(",") if args.corruptions else list(CORRUPTIONS)
+    severities = [int(s) for s in args.severities.split(",")]
+    frost = load_frost_textures(sorted(Path(args.frost).glob("frost*"))) if args.frost else None
+    out = Path(args.out)
+    # The two layouts go to separate folders: their labels.npy files differ in length.
+    layouts = [("per_severity", out / f"cifar-10-c-{args.split}")]
+    if args.split == "test" and len(severities) == 5:
+        layouts.append(("hendrycks", out / "CIFAR-10-C"))
+    for layout, folder in layouts:
+        make_corrupted_split(
+            hwc, names, severities, seed=args.seed, workers=args.workers, progress=not args.quiet,
+            out_dir=folder, layout=(layout,), labels=labels, frost_textures=frost,
+        )
+        print(f"{layout} layout written to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perturbsets", description="Learn perturbation sets from paired data and use them for robustness."
@@ -133,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     reval.add_argument("--out", required=True, help="folder for robust_metrics.json, robust_table.md, certify.tsv, figures")
     reval.add_argument("--quiet", action="store_true")
     reval.set_defaults(func=_robust_eval)
+
+    mk = sub.add_parser("make-cifar10c", help="the 19 CIFAR-10-C corruptions (CIFAR parameters) for any CIFAR-10 split")
+    mk.add_argument("--cifar", required=True, help="folder holding cifar-10-batches-py/")
+    mk.add_argument("--split", required=True, choices=["train", "test"])
+    mk.add_argument("--out", required=True, help="writes cifar-10-c-SPLIT/<name>_<severity>.npy (+ CIFAR-10-C/ for test)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--workers", type=int, default=1)
+    mk.add_argument("--severities", default="1,2,3,4,5")
+    mk.add_argument("--corruptions", default=None, help="comma-separated names (default: all 19)")
+    mk.add_argument("--frost", default=None, help="folder with Hendrycks' frost1..5 images (default: procedural textures)")
+    mk.add_argument("--any-size", action="store_true", help="accept CIFAR-10 files with fewer images than the official split")
+    mk.add_argument("--quiet", action="store_true")
+    mk.set_defaults(func=_make_cifar10c)
 
     exp = sub.add_parser("experiments", help="the paper's MNIST and CIFAR-10 experiments: list, run, tables")
     exp.add_argument("action", choices=["list", "run", "table", "make-tiny-data"])

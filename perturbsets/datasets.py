@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .corruptions import CORRUPTIONS, OOD_CORRUPTIONS, TRAIN_CORRUPTIONS
 from .versions import JointAugmentation, LazyStack, VersionedData
 
 __all__ = [
@@ -46,22 +47,8 @@ __all__ = [
     "cifar10c_version_names",
 ]
 
-# The 12 CIFAR-10-C corruptions the paper trains on (Appendix E: blurs, weather, digital;
-# the noise corruptions are left out as too close to unstructured ℓp noise), in the
-# authors' configured order, which fixes the version index of each corruption.
-TRAIN_CORRUPTIONS = (
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",  # blurs
-    "snow", "frost", "fog",  # weather
-    "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",  # digital
-)
-# The 3 held-out corruptions the paper uses as out-of-distribution tests (one per category).
-OOD_CORRUPTIONS = ("gaussian_blur", "spatter", "saturate")
-# All 19 files of Hendrycks' release.
-ALL_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-    "speckle_noise", "gaussian_blur", "spatter", "saturate",
-)
+# The corruption names live with their implementation; re-exported here for the readers.
+ALL_CORRUPTIONS = CORRUPTIONS
 SEVERITIES = (1, 2, 3, 4, 5)
 
 MNIST_SIZES = {"train": 60000, "test": 10000}

@@ -266,8 +266,12 @@ def test_gaussian_blur_equals_scipy():
         ref = np.empty_like(x)
         for i in range(len(X)):
             for c in range(3):
-                ref[i, :, :, c] = ndimage.gaussian_filter(x[i, :, :, c], sigma, mode="nearest", truncate=4)
-        assert np.array_equal(corrupt(X, "gaussian_blur", s, None), (np.clip(ref, 0, 1) * 255).astype(np.uint8))
+                ref[i, :, :, c] = ndimage.gaussian_filter(
+                    x[i, :, :, c], sigma, mode="nearest", truncate=4
+                )
+        assert np.array_equal(
+            corrupt(X, "gaussian_blur", s, None), (np.clip(ref, 0, 1) * 255).astype(np.uint8)
+        )
         const = np.full((1, 32, 32, 3), 200, np.uint8)
         assert np.array_equal(corrupt(const, "gaussian_blur", s, None), const)
 
@@ -341,7 +345,9 @@ def test_noise_statistics():
         assert abs(out.std() - x * sigma * 255) < 0.03 * x * sigma * 255
         lam = PARAMETERS["shot_noise"][s - 1]
         out = corrupt(grey, "shot_noise", s, np.random.default_rng(s)).astype(float)
-        assert abs(out.std() - math.sqrt(x * lam) / lam * 255) < 0.04 * math.sqrt(x * lam) / lam * 255
+        assert (
+            abs(out.std() - math.sqrt(x * lam) / lam * 255) < 0.04 * math.sqrt(x * lam) / lam * 255
+        )
         amount = PARAMETERS["impulse_noise"][s - 1]
         out = corrupt(grey, "impulse_noise", s, np.random.default_rng(s))
         hit = out != 128
@@ -380,7 +386,9 @@ def test_frost_textures():
 
 
 def test_frost_crops_come_from_textures():
-    tex = [np.random.default_rng(k).integers(0, 256, (40 + k, 45, 3), dtype=np.uint8) for k in range(3)]
+    tex = [
+        np.random.default_rng(k).integers(0, 256, (40 + k, 45, 3), dtype=np.uint8) for k in range(3)
+    ]
     out = corrupt(X, "frost", 1, 3, frost_textures=tex)  # weights (1, .2)
     crops = (out.astype(float) - X) / 0.2  # within (0.2 * crop) truncation
     for i in range(len(X)):
@@ -404,9 +412,13 @@ def test_warp_affine_identity_and_spatter_mud_fraction():
     img = X.astype(np.float32) / 255
     eye = np.broadcast_to(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (len(X), 2, 3))
     assert np.array_equal(C._warp_affine_cv2(img, eye), img)
-    shift = np.broadcast_to(np.array([[1.0, 0, 1], [0, 1.0, 0]]), (len(X), 2, 3))  # dst = src + 1 col
+    shift = np.broadcast_to(
+        np.array([[1.0, 0, 1], [0, 1.0, 0]]), (len(X), 2, 3)
+    )  # dst = src + 1 col
     out = C._warp_affine_cv2(img, shift)
-    assert np.array_equal(out[:, :, 1:], img[:, :, :-1]) and np.array_equal(out[:, :, 0], img[:, :, 1])
+    assert np.array_equal(out[:, :, 1:], img[:, :, :-1]) and np.array_equal(
+        out[:, :, 0], img[:, :, 1]
+    )
     # mud (severity 5) darkens/browns a few percent of pixels and leaves the rest unchanged
     out = corrupt(X, "spatter", 5, np.random.default_rng(0))
     changed = np.any(out != X, axis=-1).mean()
@@ -417,7 +429,9 @@ def test_water_distance_pieces():
     mask = np.ones((1, 9, 9), bool)
     mask[0, 4, 4] = False
     d = C._distance_transform_cv2(mask)[0]
-    assert d[4, 4] == 0 and d[4, 5] == 1 and np.isclose(d[5, 5], 1.4) and np.isclose(d[6, 5], 2.1969)
+    assert (
+        d[4, 4] == 0 and d[4, 5] == 1 and np.isclose(d[5, 5], 1.4) and np.isclose(d[6, 5], 2.1969)
+    )
     assert np.isclose(d[0, 0], 5.6)
     img = np.zeros((1, 16, 16), np.uint8)
     img[0, 4:12, 4:12] = 200
@@ -442,15 +456,21 @@ def _split(tmp_path, **kw):
 
 def test_split_in_memory_and_chunk_independence():
     images = X[:5].repeat(2, axis=0)
-    res = make_corrupted_split(images, names=("fog",), severities=(2, 5), seed=3, progress=False, chunk_size=4)
+    res = make_corrupted_split(
+        images, names=("fog",), severities=(2, 5), seed=3, progress=False, chunk_size=4
+    )
     assert set(res) == {"fog"} and set(res["fog"]) == {2, 5}
     assert res["fog"][5].shape == images.shape and res["fog"][5].dtype == np.uint8
     # chunk j of (name, severity) has its own stream: a prefix of whole chunks is unchanged
-    part = make_corrupted_split(images[:8], names=("fog",), severities=(5,), seed=3, progress=False, chunk_size=4)
+    part = make_corrupted_split(
+        images[:8], names=("fog",), severities=(5,), seed=3, progress=False, chunk_size=4
+    )
     assert np.array_equal(part["fog"][5], res["fog"][5][:8])
     rng = C._chunk_rng(3, "fog", 5, 1)
     assert np.array_equal(res["fog"][5][4:8], corrupt(images[4:8], "fog", 5, rng))
-    other = make_corrupted_split(images, names=("fog",), severities=(5,), seed=4, progress=False, chunk_size=4)
+    other = make_corrupted_split(
+        images, names=("fog",), severities=(5,), seed=4, progress=False, chunk_size=4
+    )
     assert not np.array_equal(other["fog"][5], res["fog"][5])
 
 
@@ -496,18 +516,34 @@ def test_split_files_layouts_workers_and_resume(tmp_path, monkeypatch):
     (out1 / "gaussian_noise.npy").write_bytes(data[: len(data) // 2])
     os.remove(out1 / "gaussian_noise_2.npy")
     _split(tmp_path, out_dir=out1, labels=labels)
-    assert np.array_equal(np.load(out1 / "gaussian_noise.npy"), np.load(out2 / "gaussian_noise.npy"))
-    assert np.array_equal(np.load(out1 / "gaussian_noise_2.npy"), np.load(out2 / "gaussian_noise_2.npy"))
+    assert np.array_equal(
+        np.load(out1 / "gaussian_noise.npy"), np.load(out2 / "gaussian_noise.npy")
+    )
+    assert np.array_equal(
+        np.load(out1 / "gaussian_noise_2.npy"), np.load(out2 / "gaussian_noise_2.npy")
+    )
 
 
 def test_split_per_severity_only(tmp_path):
     out = tmp_path / "ps"
-    _split(tmp_path, out_dir=out, names=("contrast",), severities=(5,), labels=np.zeros(10, int))
+    _split(
+        tmp_path,
+        out_dir=out,
+        names=("contrast",),
+        severities=(5,),
+        labels=np.zeros(10, int),
+        layout=("per_severity",),
+    )
     assert sorted(os.listdir(out)) == ["contrast_5.npy", "labels.npy"]
     assert np.load(out / "labels.npy").shape == (10,)
     with pytest.warns(UserWarning, match="all 5 severities"):
-        _split(tmp_path, out_dir=tmp_path / "warn", names=("contrast",), severities=(1,),
-               layout=("hendrycks", "per_severity"))
+        _split(
+            tmp_path,
+            out_dir=tmp_path / "warn",
+            names=("contrast",),
+            severities=(1,),
+            layout=("hendrycks", "per_severity"),
+        )
     with pytest.raises(ValueError):
         _split(tmp_path, names=("nope",))
     with pytest.raises(ValueError):

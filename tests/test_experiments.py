@@ -101,3 +101,26 @@ def test_table_8_reports_latent_norm_statistics(dirs):
     table8 = table_markdown("Table 8", runs, data=data)
     assert "| Method | β | Mean | Std | 25% | 50% | 75% | Max |" in table8
     assert "| Centered at original | 0.01 |" in table8
+
+
+def test_make_cifar10c_writes_readable_layouts(tmp_path):
+    import shutil
+
+    from perturbsets.datasets import load_cifar10c, load_cifar10c_versioned
+
+    data = write_tiny_datasets(tmp_path / "d", n_train=20, n_test=6)
+    shutil.rmtree(data / "cifar-10-c-train")
+    shutil.rmtree(data / "cifar-10-c-test")
+    common = ["--cifar", str(data), "--out", str(data), "--any-size", "--quiet"]
+    assert main(["make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog,contrast,jpeg_compression", *common]) == 0
+    assert main(["make-cifar10c", "--split", "test", "--corruptions", "fog", *common]) == 0
+    train = load_cifar10c_versioned(data, data, ["fog", "contrast", "jpeg_compression"], split="train", check_size=False)
+    assert train.num_versions == 4 and len(train) == 20
+    stack, labels = load_cifar10c(data / "CIFAR-10-C", ["fog"], [1, 5], split="test", layout="hendrycks", check_size=False)
+    assert stack.shape == (6, 2, 32, 32, 3) and labels.shape == (6,)
+    # Seeded: a second run into another folder writes identical files.
+    other = tmp_path / "again"
+    assert main(["make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog", "--cifar", str(data), "--out", str(other), "--any-size", "--quiet"]) == 0
+    import numpy as np
+
+    assert np.array_equal(np.load(other / "cifar-10-c-train" / "fog_5.npy"), np.load(data / "cifar-10-c-train" / "fog_5.npy"))
