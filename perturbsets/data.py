@@ -36,6 +36,7 @@ from .perturbations import Perturbation, _check_value_range
 
 __all__ = [
     "PairBatch",
+    "PairSource",
     "DataSplits",
     "PairedData",
     "load_pair_folder",
@@ -195,7 +196,96 @@ def _repeat_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------- PairedData
 
 
-class PairedData:
+class PairSource:
+    """What the training and evaluation loops need from pair data; subclasses supply
+    ``__len__``, ``num_pairs``, ``is_stored``, ``_num_items(mode)`` and ``_iterate(...)``.
+    """
+
+    is_stored: bool
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in ("sample", "all"):
+            raise ValueError(f"mode must be 'sample' or 'all', got {mode!r}")
+
+    def _num_items(self, mode: str) -> int:
+        raise NotImplementedError
+
+    def _iterate(
+        self, batch_size: int, shuffle: bool, seed: int, epoch: int, mode: str, device: torch.device, drop_last: bool
+    ) -> Iterator[PairBatch]:
+        raise NotImplementedError
+
+    def num_batches(self, batch_size: int, mode: str = "sample", drop_last: bool = False) -> int:
+        """Number of batches :meth:`batches` yields with the same arguments.
+
+        ``mode="sample"`` iterates over examples (for stored pairs: those owning at least
+        one); ``mode="all"`` over every stored pair.
+        """
+        batch_size = _positive_int(batch_size, "batch_size")
+        self._check_mode(mode)
+        items = self._num_items(mode)
+        return items // batch_size if drop_last else -(-items // batch_size)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        epoch: int = 0,
+        mode: str = "sample",
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ) -> Iterator[PairBatch]:
+        """Iterate over one epoch of :class:`PairBatch` es on ``device``.
+
+        Modes:
+            ``"sample"``: one pair per example, drawn uniformly among the example's own
+            pairs (for on-the-fly data the perturbation is applied to the whole batch on
+            ``device``; for data with a joint augmentation it is applied here).
+            ``"all"``: every stored pair exactly once, example-major unless ``shuffle``;
+            never augmented, and not available for on-the-fly data.
+
+        Every random draw (order, choice of stored perturbation, on-the-fly perturbation)
+        comes from generators seeded by ``(seed, epoch)`` only: the same arguments always
+        give identical batches, including after resuming at ``epoch``. On-the-fly draws
+        also depend on ``batch_size`` and the device type, since they follow the batches.
+
+        Args:
+            batch_size: items per batch (the last one may be smaller unless ``drop_last``).
+            shuffle: randomise the order of images (``"sample"``) or pairs (``"all"``).
+            seed: non-negative int.
+            epoch: non-negative int; each epoch has its own draws.
+            mode: ``"sample"`` or ``"all"``.
+            device: where the batches are put (and on-the-fly perturbations run).
+            drop_last: drop a final incomplete batch.
+
+        Yields:
+            PairBatch with x, x_tilde (B, C, H, W) float32, y (B,) int64 or None, and the
+            (B,) CPU indices of the examples.
+        """
+        batch_size = _positive_int(batch_size, "batch_size")
+        seed = _non_negative_int(seed, "seed")
+        epoch = _non_negative_int(epoch, "epoch")
+        self._check_mode(mode)
+        device = torch.device(device)
+        return self._iterate(batch_size, bool(shuffle), seed, epoch, mode, device, bool(drop_last))
+
+    def evaluation_batches(
+        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu"
+    ) -> Iterator[PairBatch]:
+        """Batches for measuring a model: every stored pair exactly once, in order, or for
+        on-the-fly data ``passes`` passes of fresh pairs drawn from ``seed`` (epochs 0..passes-1).
+        """
+        if self.is_stored:
+            yield from self.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
+            return
+        for p in range(_positive_int(passes, "passes")):
+            yield from self.batches(batch_size, shuffle=False, seed=seed, epoch=p, device=device)
+
+
+
+class PairedData(PairSource):
     """N clean images paired with stored or on-the-fly perturbations.
 
     Use the constructors :meth:`from_tensors`, :meth:`on_the_fly`,
@@ -638,73 +728,6 @@ class PairedData:
         if mode == "all":
             return self.num_pairs
         return len(self) if not self.is_stored else int((self.counts > 0).sum())
-
-    def num_batches(self, batch_size: int, mode: str = "sample", drop_last: bool = False) -> int:
-        """Number of batches :meth:`batches` yields with the same arguments.
-
-        ``mode="sample"`` iterates over images that own at least one perturbation (all
-        images for on-the-fly data); ``mode="all"`` over the M stored pairs.
-        """
-        batch_size = _positive_int(batch_size, "batch_size")
-        self._check_mode(mode)
-        items = self._num_items(mode)
-        return items // batch_size if drop_last else -(-items // batch_size)
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int = 0,
-        mode: str = "sample",
-        device: torch.device | str = "cpu",
-        drop_last: bool = False,
-    ) -> Iterator[PairBatch]:
-        """Iterate over one epoch of :class:`PairBatch` es on ``device``.
-
-        Modes:
-            ``"sample"``: one pair per image. For stored data, each image's perturbation is
-            chosen uniformly among its own (images without any are skipped); for
-            on-the-fly data, the perturbation is applied to the whole batch on ``device``.
-            ``"all"``: every stored pair exactly once, image-major unless ``shuffle``.
-            Not available for on-the-fly data.
-
-        Every random draw (order, choice of stored perturbation, on-the-fly perturbation)
-        comes from generators seeded by ``(seed, epoch)`` only: the same arguments always
-        give identical batches, including after resuming at ``epoch``. On-the-fly draws
-        also depend on ``batch_size`` and the device type, since they follow the batches.
-
-        Args:
-            batch_size: items per batch (the last one may be smaller unless ``drop_last``).
-            shuffle: randomise the order of images (``"sample"``) or pairs (``"all"``).
-            seed: non-negative int.
-            epoch: non-negative int; each epoch has its own draws.
-            mode: ``"sample"`` or ``"all"``.
-            device: where the batches are put (and on-the-fly perturbations run).
-            drop_last: drop a final incomplete batch.
-
-        Yields:
-            PairBatch with x, x_tilde (B, C, H, W) float32 and y (B,) int64 or None.
-        """
-        batch_size = _positive_int(batch_size, "batch_size")
-        seed = _non_negative_int(seed, "seed")
-        epoch = _non_negative_int(epoch, "epoch")
-        self._check_mode(mode)
-        device = torch.device(device)
-        return self._iterate(batch_size, bool(shuffle), seed, epoch, mode, device, bool(drop_last))
-
-    def evaluation_batches(
-        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu"
-    ) -> Iterator[PairBatch]:
-        """Batches for measuring a model: every stored pair exactly once, in order, or for
-        on-the-fly data ``passes`` passes of fresh pairs drawn from ``seed`` (epochs 0..passes-1).
-        """
-        if self.is_stored:
-            yield from self.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
-            return
-        for p in range(_positive_int(passes, "passes")):
-            yield from self.batches(batch_size, shuffle=False, seed=seed, epoch=p, device=device)
 
     def _iterate(
         self, batch_size: int, shuffle: bool, seed: int, epoch: int, mode: str, device: torch.device, drop_last: bool

@@ -51,6 +51,7 @@ from .data import (
     DataSplits,
     PairBatch,
     PairedData,
+    PairSource,
     _as_index,
     _check_values,
     _generator,
@@ -300,7 +301,7 @@ def _check_pairing(pairing: Any, num_versions: int, reference: int) -> str:
 # --------------------------------------------------------------------------- VersionedData
 
 
-class VersionedData:
+class VersionedData(PairSource):
     """N examples with V versions each; pairs are two versions of one example.
 
     Args:
@@ -544,53 +545,8 @@ class VersionedData:
 
     # ----------------------------------------------------------------- iteration
 
-    def num_batches(self, batch_size: int, mode: str = "sample", drop_last: bool = False) -> int:
-        """Batches :meth:`batches` yields: over N examples (``sample``) or N·P pairs (``all``)."""
-        batch_size = _positive_int(batch_size, "batch_size")
-        _check_mode(mode)
-        items = len(self) if mode == "sample" else self.num_pairs
-        return items // batch_size if drop_last else -(-items // batch_size)
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int = 0,
-        mode: str = "sample",
-        device: torch.device | str = "cpu",
-        drop_last: bool = False,
-    ) -> Iterator[PairBatch]:
-        """Iterate over one epoch of :class:`PairBatch` es on ``device``.
-
-        Modes:
-            ``"sample"``: one pair per example, drawn uniformly among the example's P pairs
-            of the strategy (one vectorised draw for the epoch), then ``augment`` if set.
-            ``"all"``: every pair of every example once, example-major and in
-            :attr:`pair_table` order unless ``shuffle``; never augmented.
-
-        Draws (order, pair choice, augmentation) come from generators seeded by
-        ``(seed, epoch)`` only; augmentation draws also follow the batches (batch size,
-        device type).
-
-        Yields:
-            PairBatch: x, x_tilde (B, C, H, W) float32; y (B,) int64 or None; index (B,)
-            int64 CPU example indices into this VersionedData.
-        """
-        batch_size = _positive_int(batch_size, "batch_size")
-        seed = _non_negative_int(seed, "seed")
-        epoch = _non_negative_int(epoch, "epoch")
-        _check_mode(mode)
-        return self._iterate(batch_size, bool(shuffle), seed, epoch, mode, torch.device(device), bool(drop_last))
-
-    def evaluation_batches(
-        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu"
-    ) -> Iterator[PairBatch]:
-        """Every pair of the strategy exactly once, in order, unaugmented (``passes`` is
-        accepted for interface compatibility; stored pairs need a single pass)."""
-        _positive_int(passes, "passes")
-        return self.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
+    def _num_items(self, mode: str) -> int:
+        return len(self) if mode == "sample" else self.num_pairs
 
     def _iterate(
         self, batch_size: int, shuffle: bool, seed: int, epoch: int, mode: str, device: torch.device, drop_last: bool
@@ -662,11 +618,6 @@ class _IndexSplitter:
 
     def subset(self, indices: Tensor) -> Tensor:
         return indices
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in ("sample", "all"):
-        raise ValueError(f"mode must be 'sample' or 'all', got {mode!r}")
 
 
 # --------------------------------------------------------------------------- JointCropFlip
