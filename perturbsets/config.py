@@ -346,6 +346,8 @@ class AttackConfig:
         evaluation).
     random_start: start uniformly in the ball; the default starts at u = 0 as Algorithm 1
         does (the authors' code drew a random start).
+    warmup_epochs: adversarial training only: grow the radius linearly from 0 to ``eps``
+        over this many epochs (0 = the full radius from the start, as in the paper).
     """
 
     eps: float | str = "max"
@@ -354,9 +356,11 @@ class AttackConfig:
     step_divisor: float = 5.0
     random_start: bool = False
     restarts: int = 1
+    warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         _check_radius_spec(self.eps, "eps")
+        _require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")
         _require(self.steps >= 0, "steps must be >= 0")
         _require(self.restarts >= 1, "restarts must be >= 1")
         _require(self.restarts == 1 or self.random_start, "restarts > 1 repeat the same attack unless random_start is true")

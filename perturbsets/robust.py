@@ -18,6 +18,7 @@ of radii, and certified accuracy by randomized smoothing in the latent space.
 from __future__ import annotations
 
 import dataclasses
+import math
 import hashlib
 import json
 import time
@@ -77,7 +78,8 @@ class InputTransform:
         self.pset = pset
         self.eps = resolve_radius(pset, config.training.attack.eps) if pset is not None else None
 
-    def __call__(self, batch: PairBatch, generator: torch.Generator) -> Tensor:
+    def __call__(self, batch: PairBatch, generator: torch.Generator, epoch: float = math.inf) -> Tensor:
+        """``epoch`` (fractional) sets the attack radius during ``attack.warmup_epochs``."""
         mode, pset = self.mode, self.pset
         if mode == "standard":
             return batch.x
@@ -93,8 +95,13 @@ class InputTransform:
             u = sigma * torch.randn(n, pset.latent_dim, generator=generator, device=batch.x.device)
             with torch.no_grad():
                 return pset.perturb(batch.x, u)
-        attack = make_attack(self.model, pset, self.config.training.attack, self.eps, generator)
-        return attack(batch.x, batch.y).x_adv
+        cfg = self.config.training.attack
+        # A linear ramp of the radius: training directly at a large radius can fail to
+        # learn at all (the robust loss stays at chance), which the ramp avoids.
+        eps = self.eps * min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else self.eps
+        if eps <= 0:
+            return batch.x
+        return make_attack(self.model, pset, cfg, eps, generator)(batch.x, batch.y).x_adv
 
 
 @dataclass
@@ -150,7 +157,7 @@ def robust_train(
 
     def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
         y = _labels(batch)
-        inputs = transform(batch, gen)
+        inputs = transform(batch, gen, t)
         logits = model(inputs)
         check_labels(logits, y)
         loss = per_example_loss(logits, y)

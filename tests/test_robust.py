@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import perturbsets.robust as robust_mod
 from perturbsets import PerturbationSet
+from perturbsets.attacks import AttackOutput
 from perturbsets.cli import main
 from perturbsets.config import ConfigError, RobustConfig, from_dict, to_dict
 from perturbsets.data import PairedData
@@ -209,3 +210,25 @@ def test_a_row_cut_after_its_last_tab_is_dropped(tmp_path):
     table = read_certificates(tsv)
     assert table["idx"].tolist() == [0]
     assert tsv.read_text().endswith("0.1\n")
+
+
+def test_attack_radius_warmup_ramps_linearly(set_dir, monkeypatch):
+    cfg = config(set_dir, "cvae_adversarial")
+    cfg.training.attack.warmup_epochs = 4.0
+    pset = PerturbationSet.load(set_dir)
+    seen = []
+
+    class Recorder:
+        def __init__(self, model, pset, attack_cfg, eps, generator):
+            seen.append(eps)
+
+        def __call__(self, x, y):
+            return AttackOutput(x, None)
+
+    monkeypatch.setattr(robust_mod, "make_attack", Recorder)
+    transform = robust_mod.InputTransform(cfg, torch.nn.Identity(), pset)
+    batch = next(labelled_pairs().batches(4, shuffle=False, seed=0))
+    for epoch in (1.0, 2.0, 4.0, 9.0):
+        transform(batch, torch.Generator(), epoch)
+    assert seen == pytest.approx([0.5, 1.0, 2.0, 2.0])  # radius 2.0 reached after 4 epochs
+    assert torch.equal(transform(batch, torch.Generator(), 0.0), batch.x)  # ε = 0: the clean input

