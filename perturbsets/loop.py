@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ._io import write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Schedule, save_config, to_dict
-from .data import PairBatch, PairedData
+from .data import PairBatch, PairSource
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
@@ -135,7 +135,7 @@ def fit(
     epochs: int,
     seed: int,
     lr: Schedule,
-    train: PairedData,
+    train: PairSource,
     batch_size: int,
     step: Callable[[PairBatch, float, torch.Generator], StepOutput],
     validate: Callable[[], dict[str, float]],
