@@ -36,6 +36,12 @@ def test_demo_quick_writes_the_whole_run(demo_dir):
     report = (demo_dir / "report.md").read_text()
     assert "| Model | ε | Enc. AE | PGD AE | EAE | OAE | Recon. err | KL |" in report
     assert "](figures/samples.png)" in report
+    # The robustness half: four training modes, their table, adversarial examples, certification.
+    assert "## Robustness to the learned set" in report and "](figures/adversarial.png)" in report
+    table = (demo_dir / "robust" / "results.md").read_text()
+    for row in ("Standard training", "CVAE data augmentation", "CVAE adversarial training", "Latent randomized smoothing"):
+        assert f"| {row} |" in table
+    assert (demo_dir / "robust" / "smoothing" / "eval" / "certify.tsv").is_file()
 
 
 def test_demo_set_loads_and_samples(demo_dir):
