@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ._io import write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Schedule, save_config, to_dict
+from .config import save_config, to_dict
 from .data import PairBatch, PairSource
 
 LATEST = "latest.safetensors"
@@ -132,36 +132,33 @@ def fit(
     *,
     config: Any,
     out_dir: Path,
-    epochs: int,
-    seed: int,
-    lr: Schedule,
     train: PairSource,
-    batch_size: int,
     step: Callable[[PairBatch, float, torch.Generator], StepOutput],
     validate: Callable[[], dict[str, float]],
     device: torch.device,
-    select: str = "best",
     resume: bool = False,
     progress: bool = True,
-    amp: bool = False,
     prefetch_batches: int = 2,
 ) -> FitResult:
-    """Train ``model`` for ``epochs`` epochs and leave the selected checkpoint loaded.
+    """Train ``model`` for ``config.training.epochs`` epochs and leave the selected checkpoint loaded.
 
     Args:
-        config: the run's config dataclass; saved as ``config.yaml`` and stored in every
-            checkpoint so a resume with a different config is refused.
+        config: the run's config dataclass (``seed`` and a ``training`` section with
+            ``epochs``, ``batch_size``, ``lr``, ``select`` and ``amp``); saved as
+            ``config.yaml`` and stored in every checkpoint so a resume with a different
+            config is refused. ``select`` picks the checkpoint loaded at the end: ``best``
+            (lowest ``val_loss``) or ``latest``; ``amp`` runs the steps under bfloat16
+            autocast on CUDA (no effect on the CPU, where bfloat16 matmuls are rarely faster).
         train: the training pairs, shuffled every epoch from (seed, epoch).
         step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
             seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
         validate: returns at least ``val_loss`` (lower is better) after each epoch.
-        select: ``best`` (lowest ``val_loss``) or ``latest`` is loaded at the end.
-        amp: run the steps under bfloat16 autocast on CUDA (mixed precision; no effect on
-            the CPU, where bfloat16 matmuls are rarely faster).
         prefetch_batches: batches read ahead in a background thread (0 = none).
     """
+    tc, seed = config.training, config.seed
+    epochs, lr, batch_size = tc.epochs, tc.lr, tc.batch_size
     autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp and device.type == "cuda" else contextlib.nullcontext
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp and device.type == "cuda" else contextlib.nullcontext
     )
     ckpt_dir = out_dir / "checkpoints"
     latest = prepare_run(out_dir, resume)
@@ -231,6 +228,6 @@ def fit(
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
             tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
 
-    load_checkpoint(ckpt_dir / (BEST if select == "best" else LATEST), model)
+    load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
     model.eval()
     return FitResult(history, best_epoch, best_val)

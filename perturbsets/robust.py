@@ -184,18 +184,12 @@ def robust_train(
         optimizer,
         config=config,
         out_dir=out_dir,
-        epochs=tc.epochs,
-        seed=config.seed,
-        lr=tc.lr,
         train=splits.train,
-        batch_size=tc.batch_size,
         step=step,
         validate=validate,
         device=device,
-        select=tc.select,
         resume=resume,
         progress=progress,
-        amp=tc.amp,
     )
     return RobustTrainResult(model, result.history, result.best_epoch, out_dir)
 

@@ -132,17 +132,11 @@ def train_cvae(
         optimizer,
         config=config,
         out_dir=out_dir,
-        epochs=tc.epochs,
-        seed=config.seed,
-        lr=tc.lr,
         train=splits.train,
-        batch_size=tc.batch_size,
         step=step,
         validate=validate,
         device=device,
-        select=tc.select,
         resume=resume,
         progress=progress,
-        amp=tc.amp,
     )
     return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_val_loss, out_dir, device)
