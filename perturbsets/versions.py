@@ -62,6 +62,7 @@ from .data import (
     _STREAM_ORDER,
 )
 from .perturbations import _check_value_range
+from .tasks import IGNORE_INDEX
 
 __all__ = [
     "PAIRINGS",
@@ -298,6 +299,31 @@ def _check_pairing(pairing: Any, num_versions: int, reference: int) -> str:
     return pairing
 
 
+def _check_version_labels(labels: Any, n: int, image_hw: tuple[int, int]) -> Any:
+    """(N,) labels as an int64 tensor, or (N, H, W) label maps checked and kept as given."""
+    if not hasattr(labels, "shape") or not hasattr(labels, "__getitem__"):
+        raise ValueError(f"labels must be an (N,) or (N, H, W) integer array, got {type(labels).__name__}")
+    shape = tuple(int(d) for d in labels.shape)
+    dtype = labels.dtype
+    is_int = (not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool) if isinstance(
+        labels, Tensor
+    ) else np.dtype(dtype).kind in "iu"
+    if not is_int:
+        raise ValueError(f"labels must be integer class indices, got dtype {dtype}")
+    if len(shape) == 3:
+        if shape != (n, *image_hw):
+            raise ValueError(
+                f"label maps must have shape ({n}, {image_hw[0]}, {image_hw[1]}) to match {n} examples of "
+                f"{image_hw[0]}x{image_hw[1]} pixels, got {shape}"
+            )
+        return labels.detach().cpu() if isinstance(labels, Tensor) else labels
+    if len(shape) != 1 or shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) (or ({n}, H, W) label maps) to match {n} examples, got {shape}")
+    if isinstance(labels, Tensor):
+        return labels.detach().cpu().long()
+    return torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
 # --------------------------------------------------------------------------- VersionedData
 
 
@@ -311,7 +337,12 @@ class VersionedData(PairSource):
             possibly ``.transpose(0, 1, 4, 2, 3)``-ed from NHWC), a :class:`LazyStack`,
             or any object with ``shape``, ``dtype`` and numpy-style ``obj[rows, cols]``
             integer-array indexing. Never copied or read whole.
-        labels: optional (N,) integer labels (held in memory as int64).
+        labels: optional (N,) integer labels (held in memory as int64), or (N, H, W)
+            integer label maps for segmentation (e.g. material maps), which may be lazy
+            like ``versions`` (only a batch's rows are read). An augmentation then also
+            receives and crops the maps: ``augment(x, x_tilde, generator, labels=y)``
+            must return ``(x, x_tilde, y)`` (:class:`JointCropFlip` does, filling its
+            padding with :data:`~perturbsets.tasks.IGNORE_INDEX`).
         pairing: one of :data:`PAIRINGS` (see the module docstring).
         reference_version: the clean / reference version r (default 0).
         value_range: (low, high) of the decoded values.
@@ -387,18 +418,7 @@ class VersionedData(PairSource):
                 _scan_numpy(versions, "versions", value_range, uint8)
 
         if labels is not None:
-            if isinstance(labels, Tensor):
-                labels_t = labels.detach().cpu()
-            else:
-                labels_np = np.asarray(labels)
-                if labels_np.dtype == object:
-                    raise ValueError("labels is an array of Python objects; give integer class indices")
-                labels_t = torch.from_numpy(np.array(labels_np, copy=True))
-            if labels_t.dim() != 1 or labels_t.shape[0] != n:
-                raise ValueError(f"labels must have shape ({n},) to match {n} examples, got {tuple(labels_t.shape)}")
-            if labels_t.dtype.is_floating_point or labels_t.dtype.is_complex or labels_t.dtype == torch.bool:
-                raise ValueError(f"labels must be integer class indices, got dtype {labels_t.dtype}")
-            labels = labels_t.long()
+            labels = _check_version_labels(labels, n, tuple(shape[2:4] if channels_last else shape[3:5]))
 
         self._init(versions, labels, None, pairing, reference_version, value_range, bool(channels_last), augment, uint8)
 
@@ -501,11 +521,20 @@ class VersionedData(PairSource):
         return torch.arange(len(self)) if self._ids is None else self._ids.clone()
 
     @property
-    def labels(self) -> Tensor | None:
-        """(N,) int64 labels or None."""
-        if self._labels is None or self._ids is None:
+    def labels(self) -> Any:
+        """(N,) int64 labels, the (N, H, W) label maps as given (possibly lazy), or None.
+
+        Label maps of a subset are not gathered here (that would read every map); index
+        the storage with :attr:`source_index`, or iterate batches.
+        """
+        if self._labels is None or self._ids is None or self.has_label_maps:
             return self._labels
         return self._labels[self._ids]
+
+    @property
+    def has_label_maps(self) -> bool:
+        """True when every example has a per-pixel label map (segmentation) instead of one label."""
+        return self._labels is not None and len(self._labels.shape) == 3
 
     # ----------------------------------------------------------------- variants
 
@@ -580,14 +609,26 @@ class VersionedData(PairSource):
                 # Both halves in one read of the storage.
                 both = self._gather(torch.cat([rows, rows]), torch.cat([vi[start:end], vj[start:end]]), device)
                 x, x_tilde = both[: idx.numel()], both[idx.numel() :]
+            y = self._gather_labels(rows, device)
             if augment is not None:
-                x, x_tilde = augment(x, x_tilde, aug_gen)
+                if self.has_label_maps:
+                    x, x_tilde, y = augment(x, x_tilde, aug_gen, labels=y)
+                else:
+                    x, x_tilde = augment(x, x_tilde, aug_gen)
                 if x.shape != x_tilde.shape:
                     raise ValueError(
                         f"augment returned shapes {tuple(x.shape)} and {tuple(x_tilde.shape)}; both halves must match"
                     )
-            y = None if self._labels is None else self._labels[rows].to(device)
             yield PairBatch(x=x, x_tilde=x_tilde, y=y, index=idx)
+
+    def _gather_labels(self, rows: Tensor, device: torch.device) -> Tensor | None:
+        """(B,) labels or (B, H, W) label maps of storage rows ``rows``, int64 on ``device``."""
+        store = self._labels
+        if store is None:
+            return None
+        if isinstance(store, Tensor):
+            return store[rows].to(device)
+        return torch.from_numpy(np.asarray(store[rows.numpy()]).astype(np.int64)).to(device)
 
     def _gather(self, rows: Tensor, cols: Tensor, device: torch.device) -> Tensor:
         """(B, C, H, W) float32 on ``device``: version ``cols[b]`` of storage row ``rows[b]``."""
@@ -649,7 +690,8 @@ class JointCropFlip:
         fill: value of the padding (0 = black, as torchvision's zero padding).
 
     Call ``aug(x, x_tilde, generator)`` with (B, C, H, W) tensors (x_tilde may have a
-    different C) -> the augmented pair. :meth:`draw` and :meth:`apply` split the random
+    different C) -> the augmented pair; ``aug(x, x_tilde, generator, labels=y)`` with
+    (B, H, W) label maps also crops and flips them (padding -> ``IGNORE_INDEX``). :meth:`draw` and :meth:`apply` split the random
     draw from its application (e.g. to apply the same crop to a label map).
     """
 
@@ -684,33 +726,54 @@ class JointCropFlip:
             flip = torch.zeros(batch, dtype=torch.bool, device=device)
         return top, left, flip
 
-    def apply(self, x: Tensor, x_tilde: Tensor, top: Tensor, left: Tensor, flip: Tensor) -> tuple[Tensor, Tensor]:
-        """Crop ``[top, top+h) × [left, left+w)`` of each zero-padded pair, then flip where ``flip``."""
+    def _source_index(self, b: int, h: int, w: int, top: Tensor, left: Tensor, flip: Tensor, device) -> tuple[Tensor, Tensor]:
+        """(B, ch·cw) flat source pixel of every output pixel, and (B, ch, cw) whether it lies in the image."""
+        ch, cw = self._crop_size(h, w)
+        top, left, flip = top.to(device), left.to(device), flip.to(device)
+        # Source row/column of every output pixel in the *unpadded* image; the padding is
+        # never materialised: out-of-image positions are filled afterwards.
+        rows = top[:, None] + torch.arange(ch, device=device) - self.pad  # (B, ch)
+        base = torch.arange(cw, device=device)
+        cols = torch.where(flip[:, None], cw - 1 - base, base) + left[:, None] - self.pad  # (B, cw)
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
+        return flat.reshape(b, ch * cw), inside
+
+    def apply(
+        self, x: Tensor, x_tilde: Tensor, top: Tensor, left: Tensor, flip: Tensor, labels: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """Crop ``[top, top+h) × [left, left+w)`` of each zero-padded pair, then flip where ``flip``.
+
+        ``labels`` (B, H, W) label maps, if given, get the same crop and flip, with
+        :data:`~perturbsets.tasks.IGNORE_INDEX` in the padding: padded pixels are never
+        scored (the authors padded material maps with 0, the real class "Brick", defect 19).
+        Returns ``(x, x_tilde)``, or ``(x, x_tilde, labels)`` when labels are given.
+        """
         if x.dim() != 4 or x_tilde.dim() != 4:
             raise ValueError(f"JointCropFlip takes (B, C, H, W) batches, got {tuple(x.shape)} and {tuple(x_tilde.shape)}")
         b, c1, h, w = x.shape
         if (x_tilde.shape[0], *x_tilde.shape[2:]) != (b, h, w):
             raise ValueError(f"x {tuple(x.shape)} and x_tilde {tuple(x_tilde.shape)} must share batch size, height and width")
+        if labels is not None and tuple(labels.shape) != (b, h, w):
+            raise ValueError(f"labels {tuple(labels.shape)} must be (B, H, W) = ({b}, {h}, {w}) to match the images")
         ch, cw = self._crop_size(h, w)
-        dev = x.device
-        top, left, flip = top.to(dev), left.to(dev), flip.to(dev)
-        # Source row/column of every output pixel in the *unpadded* image; the padding is
-        # never materialised: out-of-image positions are filled afterwards.
-        rows = top[:, None] + torch.arange(ch, device=dev) - self.pad  # (B, ch)
-        base = torch.arange(cw, device=dev)
-        cols = torch.where(flip[:, None], cw - 1 - base, base) + left[:, None] - self.pad  # (B, cw)
-        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, ch, cw)
-        flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (B, ch, cw)
+        flat, inside = self._source_index(b, h, w, top, left, flip, x.device)
         both = torch.cat([x, x_tilde.to(x.dtype)], 1).reshape(b, c1 + x_tilde.shape[1], h * w)
-        out = torch.gather(both, 2, flat.reshape(b, 1, ch * cw).expand(-1, both.shape[1], -1))
+        out = torch.gather(both, 2, flat[:, None].expand(-1, both.shape[1], -1))
         out = out.view(b, -1, ch, cw).masked_fill(~inside[:, None], self.fill)
-        return out[:, :c1], out[:, c1:].to(x_tilde.dtype)
+        if labels is None:
+            return out[:, :c1], out[:, c1:].to(x_tilde.dtype)
+        inside_l = inside.to(labels.device)
+        cropped = torch.gather(labels.reshape(b, h * w), 1, flat.to(labels.device)).view(b, ch, cw)
+        return out[:, :c1], out[:, c1:].to(x_tilde.dtype), cropped.masked_fill(~inside_l, IGNORE_INDEX)
 
-    def __call__(self, x: Tensor, x_tilde: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, x: Tensor, x_tilde: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
         if x.dim() != 4:
             raise ValueError(f"JointCropFlip takes (B, C, H, W) batches, got {tuple(x.shape)}")
         top, left, flip = self.draw(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
-        return self.apply(x, x_tilde, top, left, flip)
+        return self.apply(x, x_tilde, top, left, flip, labels)
 
 
 # --------------------------------------------------------------------------- Augmented
