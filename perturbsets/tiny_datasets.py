@@ -68,3 +68,38 @@ def write_tiny_datasets(root: str | Path, seed: int = 0, *, n_train: int = 80, n
     splits = write_tiny_cifar10(root, max(1, n_train // 5), n_test, rng)
     write_tiny_cifar10c(root, splits)
     return root
+
+
+def write_tiny_multi_illumination(
+    root: Path, rng: np.random.Generator, mip: int = 7, scenes: dict[str, int] | None = None, material_mip: int | None = None
+) -> Path:
+    """Multi-Illumination scene folders (``<scene>/dir_<k>_mip<m>.jpg``, ``materials_mip<m>.png``).
+
+    Scene names follow the dataset's split rules (test ``everett*``, val ``main_drylab*``);
+    each scene's 25 lightings are one random image under 25 brightness gains, and the
+    material maps are indexed PNGs over the dataset's 41 palette entries.
+    """
+    from PIL import Image
+
+    from .multi_illumination import LIGHTINGS, PALETTE, mip_shape
+
+    counts = scenes or {"train": 6, "val": 2, "test": 2}
+    prefixes = {"train": "main_experiment", "val": "main_drylab", "test": "everett_kitchen"}
+    h, w = mip_shape(mip)
+    mh, mw = mip_shape(mip if material_mip is None else material_mip)
+    for split, n in counts.items():
+        for i in range(n):
+            folder = root / f"{prefixes[split]}{i + 1}"
+            base = rng.integers(20, 236, (h, w, 3)).astype(np.float32)
+            for k in range(LIGHTINGS):
+                gain = 0.4 + 1.2 * k / (LIGHTINGS - 1)
+                image = Image.fromarray(np.clip(base * gain, 0, 255).astype(np.uint8))
+                with atomic_path(folder / f"dir_{k}_mip{mip}.jpg") as tmp:
+                    image.save(tmp, format="JPEG", quality=95)
+            blocks = rng.integers(0, len(PALETTE), (max(1, mh // 8) + 1, max(1, mw // 8) + 1))
+            indices = np.kron(blocks, np.ones((8, 8), dtype=np.int64))[:mh, :mw].astype(np.uint8)
+            material = Image.fromarray(indices, mode="P")
+            material.putpalette(rng.integers(0, 256, 3 * 256).astype(np.uint8).tolist())
+            with atomic_path(folder / f"materials_mip{mip if material_mip is None else material_mip}.png") as tmp:
+                material.save(tmp, format="PNG")
+    return root
