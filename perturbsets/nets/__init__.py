@@ -23,3 +23,4 @@ from . import mnist  # noqa: E402,F401  (registers the built-in architectures)
 from . import classifiers  # noqa: E402,F401
 from .classifiers import build_classifier, register_classifier  # noqa: E402,F401
 from . import cifar  # noqa: E402,F401
+from . import mi  # noqa: E402,F401
