@@ -24,8 +24,9 @@ from .cvae import DISTRIBUTIONS
 
 T = TypeVar("T")
 
-DATA_SOURCES = ("digits", "folder", "npz", "mnist", "cifar10", "cifar10c")
+DATA_SOURCES = ("digits", "folder", "npz", "mnist", "cifar10", "cifar10c", "multi_illumination")
 PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
+DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 def check_radius_rule(rule: float | str) -> None:
@@ -112,7 +113,15 @@ class DataConfig:
         versions of each image (default: the paper's 12), their severities (paper: 5),
         and the pairing strategy of Appendix E.2 (``centered``, ``with_original``,
         ``perturbed_only``).
-    augment: joint augmentation of training pairs, e.g. ``{pad: 4, crop: [32, 32], flip: true}``.
+    mip, material_mip, layout, lighting: ``multi_illumination`` only — the MIP level of the
+        images (5: 125×187, 4: 250×375, 3: 500×750), the MIP level of the material PNGs
+        in the scene-folder layout (``null``: the same; 2 reproduces the paper's data at
+        MIP5), the on-disk layout (``auto``, ``scenes`` or ``numpy``) and the lighting of
+        the ``fixed`` pairing (the fixed-lighting baseline). Its pairings are
+        ``with_original`` (any two distinct lightings; the paper's training pairs) and
+        ``fixed``; its train / val / test split is the paper's (``split`` must stay unset).
+    augment: joint augmentation of training pairs, e.g. ``{pad: 4, crop: [32, 32], flip: true}``
+        (label maps get the same crop, with ignored padding).
     check_size: require the official dataset sizes (off for small test copies).
     perturbation: for clean-only sources, the perturbation applied to make x̃, e.g.
         ``{name: rts, angle: 45}``; ``null`` for sources that already hold pairs.
@@ -126,13 +135,17 @@ class DataConfig:
     canvas: int = 42
     perturbation: dict[str, Any] | None = None
     fixed_perturbations: int | None = None
-    split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    split: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLIT))
     value_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     corruptions: list[str] | None = None
     severities: list[int] = field(default_factory=lambda: [5])
     pairing: str = "centered"
     augment: dict[str, Any] | None = None
     check_size: bool = True
+    mip: int = 5
+    material_mip: int | None = None
+    layout: str = "auto"
+    lighting: int = 0
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRINGS:
@@ -142,6 +155,15 @@ class DataConfig:
             raise ConfigError(unknown_name_message("data.source", self.source, DATA_SOURCES))
         _require(self.fixed_perturbations is None or self.fixed_perturbations >= 1, "fixed_perturbations must be >= 1 or null")
         _require(len(self.value_range) == 2 and self.value_range[0] < self.value_range[1], "value_range must be [low, high] with low < high")
+        if self.source == "multi_illumination":
+            _require(
+                self.pairing in ("with_original", "fixed"),
+                f"pairing {self.pairing!r} needs an original version; Multi-Illumination pairs are 'with_original' "
+                "(two distinct lightings) or 'fixed'",
+            )
+            _require(self.split == DEFAULT_SPLIT, "split: Multi-Illumination uses the paper's scene split; remove data.split")
+            _require(0 <= self.lighting < 25, f"lighting must be in 0..24, got {self.lighting}")
+            _require(self.layout in ("auto", "scenes", "numpy"), f"layout must be 'auto', 'scenes' or 'numpy', got {self.layout!r}")
 
 
 @dataclass
@@ -164,6 +186,9 @@ class TrainingConfig:
 
     select: which checkpoint becomes the perturbation set, ``best`` (lowest validation
         loss) or ``latest``.
+    init_from: a saved perturbation set (its folder) whose weights start the training, as
+        when the paper fine-tunes its MIP5 set to MIP4 and MIP3; the architecture must
+        match. Ignored when resuming (the checkpoint holds the weights).
     amp: mixed precision (bfloat16 autocast) on CUDA; no effect on the CPU.
     channels_last: store the convolution weights channels-last (the convolutions then run
         channels-last); faster for the few-channel convolutions of ``mnist_stn`` on CPU
@@ -179,6 +204,7 @@ class TrainingConfig:
     select: str = "best"
     channels_last: bool = False
     amp: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_loop(self)

@@ -9,6 +9,8 @@ data (:class:`~perturbsets.data.PairedData` or :class:`~perturbsets.versions.Ver
   :mod:`perturbsets.datasets`); ``split`` divides their training files into train and
   val (the paper: 59,000 / 1,000 for MNIST, 49,000 / 1,000 for CIFAR-10), and the test
   part is the official test split.
+* ``multi_illumination`` reads scene folders or numpy batches from ``path`` (see
+  :mod:`perturbsets.multi_illumination`) with the paper's fixed scene split.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .data import DataSplits, PairedData, load_digits, load_pair_folder
 from .perturbations import _check_value_range, build_perturbation
 from .versions import Augmented, JointCropFlip
 
-OFFICIAL_TEST = ("mnist", "cifar10", "cifar10c")
+OFFICIAL_TEST = ("mnist", "cifar10", "cifar10c", "multi_illumination")
 
 
 def _perturbation(config: Any):
@@ -94,6 +96,23 @@ def _official(config: Any, split: str, seed: int, value_range) -> Any:
     )
 
 
+def _multi_illumination(config: Any, split: str) -> Any:
+    """One split of Multi-Illumination; training pairs get the joint crop/flip of their material maps."""
+    from .multi_illumination import load_multi_illumination
+
+    return load_multi_illumination(
+        Path(config.path).expanduser(),
+        split,
+        config.mip,
+        layout=config.layout,
+        material_mip=config.material_mip,
+        pairing=config.pairing,
+        reference_version=config.lighting,
+        augment=_augment(config) if split == "train" else None,
+        check_size=config.check_size,
+    )
+
+
 def load_pairs(config: Any, seed: int) -> PairedData:
     """The single pool of pairs of a ``digits``, ``folder`` or ``npz`` source."""
     value_range = _check_value_range(tuple(config.value_range), "data.value_range")
@@ -120,6 +139,8 @@ def load_test(config: Any, seed: int) -> Any:
         return load_splits(config, seed).test
     if config.path is None:
         raise ValueError(f"data.source {config.source!r} needs data.path, the folder holding the dataset")
+    if config.source == "multi_illumination":
+        return _multi_illumination(config, "test")
     return _official(config, "test", seed, _check_value_range(tuple(config.value_range), "data.value_range"))
 
 
@@ -132,6 +153,10 @@ def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
     if data is not None or config.source not in OFFICIAL_TEST:
         data = load_pairs(config, seed) if data is None else data
         return data.split(config.split, seed=seed)
+    if config.source == "multi_illumination":
+        if config.path is None:
+            raise ValueError("data.source 'multi_illumination' needs data.path, the folder holding the dataset")
+        return DataSplits(*(_multi_illumination(config, split) for split in ("train", "val", "test")))
     sizes = dict(config.split)
     if sizes.pop("test", 0):
         raise ValueError(

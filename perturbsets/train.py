@@ -28,6 +28,7 @@ from .data import DataSplits, PairBatch, PairedData
 from .sources import load_splits
 from .loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets import build_cvae
+from .perturbation_set import PerturbationSet
 
 
 
@@ -62,6 +63,23 @@ def check_data_fits(cvae: CVAE, data: PairedData) -> None:
             f"the data's value range is [{low}, {high}] but a sigmoid generator (and a Bernoulli likelihood) only "
             "produces values in [0, 1]; rescale the data to [0, 1]"
         )
+
+
+def initialise_from(cvae: CVAE, config: Config) -> None:
+    """Copy the weights of the saved set ``training.init_from`` into ``cvae`` (fine-tuning)."""
+    source = PerturbationSet.load(Path(config.training.init_from).expanduser())
+    if source.architecture != config.model.architecture:
+        raise ValueError(
+            f"training.init_from {config.training.init_from} holds a {source.architecture!r} set but model.architecture is "
+            f"{config.model.architecture!r}; fine-tuning needs the same architecture"
+        )
+    try:
+        cvae.load_state_dict(source.cvae.state_dict())
+    except RuntimeError as err:
+        raise ValueError(
+            f"training.init_from {config.training.init_from}: its weights do not fit this model's options ({err}); "
+            "keep every model option except input_shape equal to the source set's"
+        ) from None
 
 
 @torch.no_grad()
@@ -110,6 +128,8 @@ def train_cvae(
     device = resolve_device(config.training.device)
     splits = load_splits(config.data, config.seed, data)
     cvae = build_model(config).to(device)
+    if config.training.init_from is not None and not resume:
+        initialise_from(cvae, config)
     if config.training.channels_last:
         cvae.to(memory_format=torch.channels_last)
     check_data_fits(cvae, splits.train)
