@@ -428,7 +428,14 @@ class RobustTrainingConfig:
 
 @dataclass
 class CertifyConfig:
-    """Randomized smoothing certification (Algorithm 2, Cohen et al. 2019)."""
+    """Randomized smoothing certification (Algorithm 2, Cohen et al. 2019).
+
+    correction: ``none`` certifies each input (each pixel for segmentation) at level α on
+        its own, as the paper; ``bonferroni`` or ``holm`` certify the pixels of an image
+        at the fixed threshold ``tau`` with the family-wise error controlled (Fischer et
+        al., 2021): with probability ≥ 1 − α every certified pixel of the image is right.
+    max_examples: certify only the first this many test images (the paper: all of them).
+    """
 
     sigma: float | None = None
     n0: int = 100
@@ -436,9 +443,16 @@ class CertifyConfig:
     alpha: float = 0.001
     batch_size: int = 500
     max_examples: int | None = None
+    correction: str = "none"
+    tau: float = 0.75
 
     def __post_init__(self) -> None:
         _require(self.sigma is None or self.sigma > 0, "sigma must be > 0 or null (the training sigma)")
+        _require(
+            self.correction in ("none", "bonferroni", "holm"),
+            f"correction must be 'none', 'bonferroni' or 'holm', got {self.correction!r}",
+        )
+        _require(0.5 <= self.tau < 1, f"tau must lie in [0.5, 1), got {self.tau}")
         _require(self.n0 >= 1 and self.n >= 1, "n0 and n must be >= 1")
         _require(0 < self.alpha < 1, f"alpha must lie in (0, 1), got {self.alpha}")
         _require(self.batch_size >= 1, "batch_size must be >= 1")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._io import write_json, write_text
+from ._io import atomic_path, write_json, write_text
 from .attacks import LatentPGD
 from .config import AttackConfig, RobustConfig, load_config
 from .data import PairBatch, PairedData
@@ -41,7 +41,7 @@ from .nets.classifiers import build_classifier
 from .perturbation_set import PerturbationSet
 from .plots import plot_curve
 from .smoothing import SmoothedClassifier, certified_accuracy, certified_accuracy_curve
-from .tasks import check_labels, per_example_error, per_example_loss
+from .tasks import IGNORE_INDEX, Scorer, check_labels, per_example_error, per_example_loss
 
 CERT_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
@@ -199,7 +199,12 @@ def robust_train(
 
 @dataclass
 class RobustReport:
-    """Accuracies of one model: clean, perturbed, OOD, PGD per radius, certified per radius."""
+    """Accuracies of one model: clean, perturbed, OOD, PGD per radius, certified per radius.
+
+    For segmentation the accuracies are pixel accuracies (certified: the fraction of
+    pixels certified correct), and ``miou`` holds the mean IoU of the clean, perturbed,
+    OOD and PGD predictions under the same keys.
+    """
 
     name: str
     clean: float
@@ -209,6 +214,7 @@ class RobustReport:
     certified: dict[str, float]
     radii: dict[str, float]
     counts: dict[str, int]
+    miou: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -224,39 +230,39 @@ def reports_to_markdown(reports: list[RobustReport]) -> str:
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
 
+    miou_keys = list(dict.fromkeys(k for r in reports for k in r.miou))
+    cols += [f"mIoU {k if k not in radii else f'PGD ε={reports[0].radii[k]:.3g}'}" for k in miou_keys]
     lines = ["| Method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for r in reports:
         cells = [pct(r.clean), pct(r.perturbed), pct(r.ood)] + [pct(r.pgd.get(k)) for k in radii]
         cells += [pct(r.certified.get(k)) for k in cert_keys]
+        cells += [pct(r.miou.get(k)) for k in miou_keys]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor]) -> tuple[float, int]:
-    """Mean per-example accuracy (pixel accuracy for segmentation) of ``model`` on ``pick(batch)``."""
-    errors = []
+def score(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor]) -> Scorer:
+    """Accuracy (pixel accuracy and mIoU for segmentation) of ``model`` on ``pick(batch)``."""
+    scorer = Scorer()
     for batch in batches:
-        y = _labels(batch)
-        logits = model(pick(batch))
-        check_labels(logits, y)
-        errors.append(per_example_error(logits, y))
-    if not errors:
+        scorer.update(model(pick(batch)), _labels(batch))
+    if scorer.examples == 0:
         raise ValueError("no test examples to evaluate")
-    err = torch.cat(errors)
-    return 1.0 - err.mean().item(), err.numel()
+    return scorer
 
 
-def pgd_accuracy(model: nn.Module, pset: PerturbationSet, batches, cfg: AttackConfig, eps: float, seed: int) -> float:
+def pgd_score(model: nn.Module, pset: PerturbationSet, batches, cfg: AttackConfig, eps: float, seed: int) -> Scorer:
+    """Accuracy of ``model`` on latent-PGD adversarial examples of radius ``eps`` (Algorithm 1)."""
     gen = torch.Generator(device=pset.device).manual_seed(seed)
     attack = make_attack(model, pset, cfg, eps, gen)
-    errors = []
+    scorer = Scorer()
     for batch in batches:
         y = _labels(batch)
         x_adv = attack(batch.x, y).x_adv
         with torch.no_grad():
-            errors.append(per_example_error(model(x_adv), y))
-    return 1.0 - torch.cat(errors).mean().item()
+            scorer.update(model(x_adv), y)
+    return scorer
 
 
 def certify_examples(
@@ -270,16 +276,7 @@ def certify_examples(
     cc = config.evaluation.certify
     assert cc is not None
     smoothed = SmoothedClassifier(model, pset, sigma, num_classes)
-    # Rows may only be reused by a run that would have written exactly the same rows.
-    fingerprint = {
-        "model_sha256": state_dict_sha256(model),
-        "perturbation_set_sha256": state_dict_sha256(pset.cvae),
-        "sigma": sigma,
-        "n0": cc.n0,
-        "n": cc.n,
-        "alpha": cc.alpha,
-        "seed": config.seed,
-    }
+    fingerprint = _certify_fingerprint(model, pset, config, sigma)
     stamp = tsv.with_suffix(".json")
     done = set()
     if tsv.is_file():
@@ -309,12 +306,9 @@ def certify_examples(
             # writes exactly the rows an uninterrupted run would have written.
             gen.manual_seed(derive_seed(config.seed, 17, idx))
             began = time.perf_counter()
-            cert = smoothed.certify(batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen)
-            if cert.prediction.dim() != 1:
-                raise ValueError(
-                    "the certification table holds one prediction per example; for segmentation models use "
-                    "SmoothedClassifier.certify directly, which returns per-pixel maps"
-                )
+            cert = smoothed.certify(
+                batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen, correction=cc.correction, tau=cc.tau
+            )
             pred, rad, label = int(cert.prediction[0]), float(cert.radius[0]), int(y[i])
             rows.append(f"{idx}\t{label}\t{pred}\t{rad:.6g}\t{int(pred == label)}\t{time.perf_counter() - began:.4g}\n")
             done.add(idx)
@@ -323,6 +317,79 @@ def certify_examples(
         if len(done) >= limit:
             break
     return read_certificates(tsv)
+
+
+def _certify_fingerprint(model: nn.Module, pset: PerturbationSet, config: RobustConfig, sigma: float) -> dict[str, Any]:
+    """What saved certificates depend on: they may only be reused by a run that would write the same ones."""
+    cc = config.evaluation.certify
+    assert cc is not None
+    return {
+        "model_sha256": state_dict_sha256(model),
+        "perturbation_set_sha256": state_dict_sha256(pset.cvae),
+        "sigma": sigma,
+        "n0": cc.n0,
+        "n": cc.n,
+        "alpha": cc.alpha,
+        "correction": cc.correction,
+        "tau": cc.tau,
+        "seed": config.seed,
+    }
+
+
+def certify_segmentation(
+    model: nn.Module, pset: PerturbationSet, data: Any, config: RobustConfig, sigma: float, folder: Path, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel certification of test images (Appendix F.3, Figure 17), resumable.
+
+    Each image's maps are saved as ``folder/<idx>.npz`` (``prediction`` int16 with -1 for
+    abstentions, ``radius`` float32, ``label`` int16) as soon as they are computed; images
+    already saved are skipped. Returns (radius, correct) over every scored pixel of the
+    certified images, where ``correct`` means certified and equal to the label.
+    """
+    cc = config.evaluation.certify
+    assert cc is not None
+    smoothed = SmoothedClassifier(model, pset, sigma, num_classes)
+    fingerprint = _certify_fingerprint(model, pset, config, sigma)
+    stamp = folder / "fingerprint.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) != fingerprint:
+            raise ValueError(
+                f"{folder} holds certificates of another model or other settings ({stamp.name} differs); "
+                "delete it to start afresh, or write to another --out"
+            )
+    else:
+        write_json(stamp, fingerprint)
+    limit = cc.max_examples if cc.max_examples is not None else len(data)
+    gen = torch.Generator(device=pset.device)
+    done: list[Path] = []
+    for batch in data.batches(config.evaluation.batch_size, shuffle=False, seed=config.seed, device=pset.device):
+        y = _labels(batch)
+        assert batch.index is not None
+        for i, idx in enumerate(batch.index.tolist()[: limit - len(done)]):
+            path = folder / f"{idx:06d}.npz"
+            done.append(path)
+            if path.is_file():
+                continue
+            gen.manual_seed(derive_seed(config.seed, 17, idx))
+            cert = smoothed.certify(
+                batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen, correction=cc.correction, tau=cc.tau
+            )
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    prediction=cert.prediction[0].numpy().astype(np.int16),
+                    radius=cert.radius[0].numpy().astype(np.float32),
+                    label=y[i].cpu().numpy().astype(np.int16),
+                )
+        if len(done) >= limit:
+            break
+    radii, correct = [], []
+    for path in done:
+        with np.load(path, allow_pickle=False) as maps:
+            scored = maps["label"] != IGNORE_INDEX
+            radii.append(maps["radius"][scored].astype(np.float64))
+            correct.append((maps["prediction"] == maps["label"])[scored])
+    return np.concatenate(radii), np.concatenate(correct)
 
 
 _CERT_DTYPE = [("idx", int), ("label", int), ("predict", int), ("radius", float), ("correct", int), ("time", float)]
@@ -389,34 +456,45 @@ def robust_evaluate(
     test = load_splits(config.data, config.seed, data).test
     eval_seed = derive_seed(config.seed, 13)
     images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device)  # noqa: E731
-    clean, n_clean = accuracy(model, images(), lambda b: b.x)
-    perturbed, n_pairs = accuracy(
+    scores = {"clean": score(model, images(), lambda b: b.x)}
+    scores["perturbed"] = score(
         model, test.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
     )
-    counts = {"test": n_clean, "perturbed": n_pairs}
-    ood = None
     if ev.ood is not None:
         ood_data = load_test(ev.ood, config.seed)
-        ood, counts["ood"] = accuracy(
+        scores["ood"] = score(
             model, ood_data.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
         )
     pgd, radii = {}, {}
     certified: dict[str, float] = {}
+    counts = {"test": scores["clean"].examples, "perturbed": scores["perturbed"].examples}
+    if "ood" in scores:
+        counts["ood"] = scores["ood"].examples
     if pset is not None:
         for spec in ev.radii:
             eps = resolve_radius(pset, spec)
             radii[str(spec)] = eps
-            pgd[str(spec)] = pgd_accuracy(model, pset, images(), ev.attack, eps, derive_seed(config.seed, 19))
+            scores[str(spec)] = pgd_score(model, pset, images(), ev.attack, eps, derive_seed(config.seed, 19))
+            pgd[str(spec)] = scores[str(spec)].accuracy
         if ev.certify is not None:
             sigma = ev.certify.sigma if ev.certify.sigma is not None else config.training.sigma
             with torch.no_grad():
-                num_classes = model(_first_input(test, device)).shape[1]
-            table = certify_examples(model, pset, test, config, sigma, out_dir / "certify.tsv", num_classes)
-            accs = certified_accuracy(table["radius"], table["correct"] == 1, list(radii.values()))
+                logits = model(_first_input(test, device))
+            if logits.dim() == 4:
+                radii_flat, correct = certify_segmentation(model, pset, test, config, sigma, out_dir / "certify", logits.shape[1])
+                counts["certified_pixels"] = int(radii_flat.size)
+            else:
+                table = certify_examples(model, pset, test, config, sigma, out_dir / "certify.tsv", logits.shape[1])
+                radii_flat, correct = table["radius"], table["correct"] == 1
+                counts["certified"] = int(table.size)
+            accs = certified_accuracy(radii_flat, correct, list(radii.values()))
             certified = {spec: float(a) for spec, a in zip(radii, accs)}
-            counts["certified"] = int(table.size)
-            write_certified_curve(table, out_dir / "certified_accuracy.png", sigma, pset.radius)
-    report = RobustReport(name or config.name, clean, perturbed, ood, pgd, certified, radii, counts)
+            write_certified_curve(radii_flat, correct, out_dir / "certified_accuracy.png", sigma, pset.radius)
+    miou = {k: v.miou for k, v in scores.items() if v.miou is not None}
+    ood = scores["ood"].accuracy if "ood" in scores else None
+    report = RobustReport(
+        name or config.name, scores["clean"].accuracy, scores["perturbed"].accuracy, ood, pgd, certified, radii, counts, miou
+    )
     write_json(out_dir / "robust_metrics.json", report.to_dict())
     write_text(out_dir / "robust_table.md", reports_to_markdown([report]))
     return report
@@ -426,9 +504,9 @@ def _first_input(test: PairedData, device) -> Tensor:
     return next(test.batches(1, shuffle=False, seed=0, device=device)).x
 
 
-def write_certified_curve(table: np.ndarray, path: Path, sigma: float, max_radius: float) -> Path:
+def write_certified_curve(radii: np.ndarray, correct: np.ndarray, path: Path, sigma: float, max_radius: float) -> Path:
     """Certified accuracy against the latent radius, up to the set's radius (Figures 11 and 17)."""
-    grid, acc = certified_accuracy_curve(table["radius"], table["correct"] == 1, max_radius=max_radius)
+    grid, acc = certified_accuracy_curve(radii, correct, max_radius=max_radius)
     return plot_curve(grid, {f"σ = {sigma:.3g}": acc}, path, "radius ε (latent ℓ2)", "certified accuracy", step=True)
 
 

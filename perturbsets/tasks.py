@@ -83,3 +83,74 @@ def per_example_error(logits: Tensor, y: Tensor, ignore_index: int = IGNORE_INDE
         return wrong
     scored = y != ignore_index
     return (wrong * scored).flatten(1).sum(1) / scored.flatten(1).sum(1).clamp_min(1)
+
+
+def confusion_matrix(prediction: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(K, K) int64 counts: entry [t, p] = number of pixels (or examples) of class t predicted p.
+
+    ``prediction`` and ``target`` have the same shape (any); target pixels equal to
+    ``ignore_index`` are left out. One ``bincount``, no loop over classes or pixels.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must have the same shape")
+    scored = target != ignore_index
+    t, p = target[scored].long(), prediction[scored].long()
+    if t.numel() and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"classes must lie in [0, {num_classes}) (ignore_index {ignore_index} aside)")
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def mean_iou(confusion: Tensor) -> float:
+    """Mean intersection over union of a (K, K) confusion matrix.
+
+    IoU_k = TP_k / (TP_k + FP_k + FN_k) for each class k; the mean is over the classes that
+    occur in the target or the prediction (a class absent from both has no defined IoU and
+    is left out, as in the PASCAL VOC and Cityscapes evaluations). NaN if nothing is scored.
+    """
+    c = confusion.double()
+    tp = c.diagonal()
+    union = c.sum(0) + c.sum(1) - tp
+    present = union > 0
+    if not bool(present.any()):
+        return float("nan")
+    return float((tp[present] / union[present]).mean())
+
+
+class Scorer:
+    """Accuracy of a stream of (logits, labels) batches; for segmentation also mean IoU.
+
+    Classification: the fraction of correct examples. Segmentation: pixel accuracy over
+    all scored pixels of all images (not a mean of per-image accuracies, which would weigh
+    the pixels of sparsely labelled images more) and :func:`mean_iou` of the accumulated
+    confusion matrix.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        self.ignore_index = ignore_index
+        self.correct = 0
+        self.total = 0
+        self.examples = 0
+        self.confusion: Tensor | None = None
+
+    def update(self, logits: Tensor, y: Tensor) -> None:
+        task = check_labels(logits, y, self.ignore_index)
+        prediction = logits.argmax(1)
+        self.examples += y.shape[0]
+        if task == "classification":
+            self.correct += int((prediction == y).sum())
+            self.total += y.numel()
+            return
+        batch = confusion_matrix(prediction, y, logits.shape[1], self.ignore_index).cpu()
+        self.confusion = batch if self.confusion is None else self.confusion + batch
+        self.correct += int(batch.diagonal().sum())
+        self.total += int(batch.sum())
+
+    @property
+    def accuracy(self) -> float:
+        if self.total == 0:
+            raise ValueError("nothing was scored: no examples, or every pixel carries the ignore index")
+        return self.correct / self.total
+
+    @property
+    def miou(self) -> float | None:
+        return None if self.confusion is None else mean_iou(self.confusion)
