@@ -220,6 +220,8 @@ class EvaluationConfig:
     pgd_step_size: ``null`` means radius / 20, as in the paper.
     metric: ``nll`` (the generator's own error term: BCE for Bernoulli, squared error for
         Gaussian — how the paper's tables were computed) or ``mse`` (squared error always).
+    max_pairs: evaluate the radius and the quality metrics on at most this many pairs of
+        each split (a seeded random subset); ``null``: every pair, as the paper.
     """
 
     radius: float | str = "max"
@@ -230,8 +232,10 @@ class EvaluationConfig:
     metric: str = "nll"
     batch_size: int = 256
     passes: int = 1
+    max_pairs: int | None = None
 
     def __post_init__(self) -> None:
+        _require(self.max_pairs is None or self.max_pairs >= 1, "max_pairs must be >= 1 or null (every pair)")
         try:
             check_radius_rule(self.radius)
         except ValueError as err:
@@ -466,13 +470,20 @@ class RobustEvalConfig:
     radii: PGD radii, each a number, ``max`` or ``pNN`` (paper: 25/50/75th percentiles for
         CIFAR-10, 50/75th and max for MI).
     ood: held-out perturbations (a data config whose test split gives x̃), or ``null``.
+    max_pairs: score the perturbed and OOD accuracy on at most this many test pairs (a
+        seeded random subset); ``null``: every pair.
+    test: the test data when it differs from the training data's test split (``null``:
+        the same): the fixed-lighting baseline trains on one lighting but is tested on
+        all of them.
     """
 
     radii: list[float | str] = field(default_factory=lambda: ["p50", "p75", "max"])
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=50, step_divisor=20.0))
     batch_size: int = 256
     passes: int = 1
+    max_pairs: int | None = None
     ood: DataConfig | None = None
+    test: DataConfig | None = None
     certify: CertifyConfig | None = None
 
     def __post_init__(self) -> None:

@@ -272,16 +272,48 @@ class PairSource:
         return self._iterate(batch_size, bool(shuffle), seed, epoch, mode, device, bool(drop_last))
 
     def evaluation_batches(
-        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu"
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        passes: int = 1,
+        device: torch.device | str = "cpu",
+        max_pairs: int | None = None,
     ) -> Iterator[PairBatch]:
         """Batches for measuring a model: every stored pair exactly once, in order, or for
         on-the-fly data ``passes`` passes of fresh pairs drawn from ``seed`` (epochs 0..passes-1).
+
+        ``max_pairs`` caps the count: stored pairs are then a uniformly random subset drawn
+        from ``seed`` (not a prefix, which would hold only the first examples' pairs).
         """
+        if max_pairs is not None:
+            limit = _positive_int(max_pairs, "max_pairs")
+            if self.is_stored and limit < self._num_items("all"):
+                inner = self.batches(batch_size, shuffle=True, seed=seed, mode="all", device=device)
+            else:
+                inner = self.evaluation_batches(batch_size, seed=seed, passes=passes, device=device)
+            yield from _first_pairs(inner, limit)
+            return
         if self.is_stored:
             yield from self.batches(batch_size, shuffle=False, seed=seed, mode="all", device=device)
             return
         for p in range(_positive_int(passes, "passes")):
             yield from self.batches(batch_size, shuffle=False, seed=seed, epoch=p, device=device)
+
+
+def _first_pairs(batches: Iterator[PairBatch], limit: int) -> Iterator[PairBatch]:
+    """The first ``limit`` pairs of a stream of batches (the last batch cut short)."""
+    seen = 0
+    for batch in batches:
+        if seen >= limit:
+            return
+        keep = min(limit - seen, batch.x.shape[0])
+        seen += keep
+        if keep == batch.x.shape[0]:
+            yield batch
+        else:
+            cut = lambda t: None if t is None else t[:keep]  # noqa: E731
+            yield PairBatch(cut(batch.x), cut(batch.x_tilde), cut(batch.y), cut(batch.index))
 
 
 

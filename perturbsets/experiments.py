@@ -127,12 +127,13 @@ def run_experiment(
 def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") -> str:
     """The rows of ``table`` (e.g. ``"Table 4"``) from every finished experiment under ``out``."""
     out = Path(out)
-    # Table 8 holds the validation latent-norm statistics of the Table 7 sets.
-    norms_only = table == "Table 8"
+    # Tables 8 and 11 hold the validation latent-norm statistics of the Table 7 and Table 10 sets.
+    norms_of = {"Table 8": "Table 7", "Table 11": "Table 10"}
+    norms_only = table in norms_of
     exps = [load_experiment(n, data=data, runs=out) for n in experiment_names()]
-    exps = [e for e in exps if e.table == ("Table 7" if norms_only else table)]
+    exps = [e for e in exps if e.table == norms_of.get(table, table)]
     if not exps:
-        tables = sorted({load_experiment(n).table for n in experiment_names()})
+        tables = sorted({load_experiment(n).table for n in experiment_names()} | set(norms_of))
         raise ValueError(unknown_name_message("table", table, tables))
     robust_rows: list[RobustReport] = []
     set_rows = []

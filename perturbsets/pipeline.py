@@ -37,7 +37,9 @@ class RadiusChoice:
 def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
     """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
     ev = config.evaluation
-    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device)
+    batches = val.evaluation_batches(
+        ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device, max_pairs=ev.max_pairs
+    )
     norms = latent_norms(cvae, batches)
     return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
 
@@ -46,7 +48,9 @@ def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: Laten
     ev = config.evaluation
     return evaluate_quality(
         pset,
-        test.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 11), passes=ev.passes, device=pset.device),
+        test.evaluation_batches(
+            ev.batch_size, seed=derive_seed(config.seed, 11), passes=ev.passes, device=pset.device, max_pairs=ev.max_pairs
+        ),
         steps=ev.pgd_steps,
         step_size=ev.pgd_step_size,
         eae_samples=ev.eae_samples,

@@ -453,18 +453,16 @@ def robust_evaluate(
     model.eval()
     pset = load_set(config, device)
     ev = config.evaluation
-    test = load_splits(config.data, config.seed, data).test
+    test = load_test(ev.test, config.seed) if ev.test is not None else load_splits(config.data, config.seed, data).test
     eval_seed = derive_seed(config.seed, 13)
     images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device)  # noqa: E731
     scores = {"clean": score(model, images(), lambda b: b.x)}
-    scores["perturbed"] = score(
-        model, test.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
+    pairs = lambda data: data.evaluation_batches(  # noqa: E731
+        ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs
     )
+    scores["perturbed"] = score(model, pairs(test), lambda b: b.x_tilde)
     if ev.ood is not None:
-        ood_data = load_test(ev.ood, config.seed)
-        scores["ood"] = score(
-            model, ood_data.evaluation_batches(ev.batch_size, seed=eval_seed, passes=ev.passes, device=device), lambda b: b.x_tilde
-        )
+        scores["ood"] = score(model, pairs(load_test(ev.ood, config.seed)), lambda b: b.x_tilde)
     pgd, radii = {}, {}
     certified: dict[str, float] = {}
     counts = {"test": scores["clean"].examples, "perturbed": scores["perturbed"].examples}

@@ -2,9 +2,9 @@
 
 They let every experiment's smoke variant (and the tests) run end to end without the real
 datasets: MNIST IDX files (gzipped, torchvision's ``MNIST/raw`` layout), CIFAR-10 python
-batches (Python-2 style pickles of ``{b"data", b"labels"}``) and CIFAR-10-C in the
+batches (Python-2 style pickles of ``{b"data", b"labels"}``), CIFAR-10-C in the
 per-severity layout ``cifar-10-c-{train,test}/<corruption>_<severity>.npy`` with
-``labels.npy``. Images are random; the corrupted versions are cheap deterministic
+``labels.npy``, and Multi-Illumination scene folders (``multi-illumination/<scene>/``). Images are random; the corrupted versions are cheap deterministic
 stand-ins (not the real corruptions), since only the formats matter here.
 """
 
@@ -61,12 +61,14 @@ def write_tiny_cifar10c(root: Path, splits: dict[str, tuple], severities=(5,)) -
 
 
 def write_tiny_datasets(root: str | Path, seed: int = 0, *, n_train: int = 80, n_test: int = 12) -> Path:
-    """Write tiny MNIST, CIFAR-10 and CIFAR-10-C copies under ``root`` (the ``--data`` folder)."""
+    """Write tiny MNIST, CIFAR-10, CIFAR-10-C and Multi-Illumination copies under ``root`` (the ``--data`` folder)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     write_tiny_mnist(root, n_train, n_test, rng)
     splits = write_tiny_cifar10(root, max(1, n_train // 5), n_test, rng)
     write_tiny_cifar10c(root, splits)
+    for mip in (7, 6, 5):  # the MI smoke runs learn at MIP7 and fine-tune at MIP6 and MIP5
+        write_tiny_multi_illumination(root / "multi-illumination", rng, mip=mip)
     return root
 
 

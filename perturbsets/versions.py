@@ -847,5 +847,7 @@ class Augmented:
             x, x_tilde = self._augment(batch.x, batch.x_tilde, gen)
             yield PairBatch(x=x, x_tilde=x_tilde, y=batch.y, index=batch.index)
 
-    def evaluation_batches(self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu") -> Iterator[PairBatch]:
-        return self._data.evaluation_batches(batch_size, seed=seed, passes=passes, device=device)
+    def evaluation_batches(
+        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu", max_pairs: int | None = None
+    ) -> Iterator[PairBatch]:
+        return self._data.evaluation_batches(batch_size, seed=seed, passes=passes, device=device, max_pairs=max_pairs)

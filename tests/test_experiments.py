@@ -49,9 +49,12 @@ def test_smoke_variant_runs(dirs, name):
         assert metrics["radius"] > 0 and metrics["pgd_ae"]["mean"] <= metrics["enc_ae"]["mean"] + 1e-9
     if exp.robust is not None:
         metrics = json.loads((run / "robust" / "eval" / "robust_metrics.json").read_text())
-        assert set(metrics["pgd"]) == {"p25", "p50", "p75"} and metrics["ood"] is not None
+        assert set(metrics["pgd"]) == set(exp.robust.evaluation.radii)
+        assert (metrics["ood"] is not None) == (exp.robust.evaluation.ood is not None)
+        if exp.robust.data.source == "multi_illumination":
+            assert set(metrics["miou"]) == {"clean", "perturbed", *exp.robust.evaluation.radii}
         if exp.robust.evaluation.certify is not None:
-            assert (run / "robust" / "eval" / "certify.tsv").is_file()
+            assert (run / "robust" / "eval" / "certified_accuracy.png").is_file()
 
 
 def test_a_finished_experiment_is_not_run_again(dirs):
