@@ -111,8 +111,8 @@ class DataConfig:
     canvas: side of the digit images (28, or 42 for the RTS canvas).
     corruptions, severities, pairing: ``cifar10c`` only — the corruptions used as
         versions of each image (default: the paper's 12), their severities (paper: 5),
-        and the pairing strategy of Appendix E.2 (``centered``, ``with_original``,
-        ``perturbed_only``).
+        and the pairing strategy of Appendix E.2 (``centered``, the default,
+        ``with_original``, ``perturbed_only``).
     mip, material_mip, layout, lighting: ``multi_illumination`` only — the MIP level of the
         images (5: 125×187, 4: 250×375, 3: 500×750), the MIP level of the material PNGs
         in the scene-folder layout (``null``: the same; 2 reproduces the paper's data at
@@ -139,7 +139,7 @@ class DataConfig:
     value_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     corruptions: list[str] | None = None
     severities: list[int] = field(default_factory=lambda: [5])
-    pairing: str = "centered"
+    pairing: str | None = None
     augment: dict[str, Any] | None = None
     check_size: bool = True
     mip: int = 5
@@ -148,6 +148,8 @@ class DataConfig:
     lighting: int = 0
 
     def __post_init__(self) -> None:
+        if self.pairing is None:
+            self.pairing = "with_original" if self.source == "multi_illumination" else "centered"
         if self.pairing not in PAIRINGS:
             raise ConfigError(unknown_name_message("data.pairing", self.pairing, PAIRINGS))
         _require(all(1 <= s <= 5 for s in self.severities) and self.severities, "severities must be in 1..5")

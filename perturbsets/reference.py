@@ -70,6 +70,14 @@ REFERENCE_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "distribution": "gaussian",
         "logvar": "scaled_tanh",
     },
+    "mi_unet": {
+        "input_shape": (3, 125, 187),
+        "chs": (64, 128, 256, 512, 1024),
+        "latent_dim": (128, 64, 32, 16, 16),
+        "pool": ((125, 187), (62, 93), (31, 46), (15, 23), (7, 11)),
+        "distribution": "gaussian",
+        "logvar": "scaled_tanh",
+    },
 }
 
 _MODULE_PREFIX = "module."
@@ -188,19 +196,27 @@ def perturbation_set_from_reference(
     *,
     device: str | torch.device = "cpu",
     metrics: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> PerturbationSet:
     """A :class:`PerturbationSet` from one of the authors' CVAE checkpoints.
 
     Args:
         path: their ``checkpoint_*.pth`` (or a bare state dict saved with ``torch.save``).
-        arch: ``mnist_fc``, ``mnist_conv``, ``mnist_stn`` or ``cifar10_rectangle``; built
-            with :data:`REFERENCE_ARCHITECTURES` options, weights loaded strictly.
+        arch: ``mnist_fc``, ``mnist_conv``, ``mnist_stn``, ``cifar10_rectangle`` or
+            ``mi_unet``; built with :data:`REFERENCE_ARCHITECTURES` options, weights loaded
+            strictly.
         radius: ε of the latent ball (the paper's value for that set, e.g. 28 for CIFAR-10
-            common corruptions centred at the original).
+            common corruptions centred at the original, 17 / 25 / 21 for the
+            Multi-Illumination sets at MIP5 / 4 / 3).
         device: where to put the model.
         metrics: stored with the set.
+        input_shape: the image shape the set takes, when it differs from the architecture's
+            reference one: ``(3, 250, 375)`` and ``(3, 500, 750)`` for the authors' MIP4 and
+            MIP3 Multi-Illumination sets (same weights as MIP5).
     """
     options = reference_options(arch)
+    if input_shape is not None:
+        options["input_shape"] = tuple(int(v) for v in input_shape)
     state = load_reference_state_dict(path)
     cvae = build_cvae(arch, **options)
     load_state_dict_strict(cvae, state, str(path), f"the {arch!r} CVAE")
