@@ -192,7 +192,7 @@ def test_unknown_architecture_lists_known_ones(tmp_path):
 
 
 def test_reference_options():
-    assert set(REFERENCE_ARCHITECTURES) == {"mnist_fc", "mnist_conv", "mnist_stn", "cifar10_rectangle"}
+    assert set(REFERENCE_ARCHITECTURES) == {"mnist_fc", "mnist_conv", "mnist_stn", "cifar10_rectangle", "mi_unet"}
     for arch in ("mnist_fc", "mnist_conv", "mnist_stn"):
         assert REFERENCE_ARCHITECTURES[arch]["logvar"] == "linear"
         assert REFERENCE_ARCHITECTURES[arch]["distribution"] == "bernoulli"
@@ -248,3 +248,19 @@ def test_unet_checkpoint_loads(tmp_path):
         assert torch.equal(model(x), source(x))
     with pytest.raises(ValueError, match="unknown classifier"):
         classifier_from_reference(path, "resnet50")
+
+
+def test_mi_checkpoint_loads_at_another_resolution(tmp_path, monkeypatch):
+    """The authors' MIP4/MIP3 sets are the MIP5 architecture at a larger input_shape (scaled-down options here)."""
+    small = {"input_shape": (3, 31, 46), "chs": (8, 8, 8, 8, 8), "latent_dim": (4, 4, 2, 2, 2),
+             "pool": ((31, 46), (15, 23), (7, 11), (3, 5), (1, 2)), "distribution": "gaussian", "logvar": "scaled_tanh"}  # fmt: skip
+    monkeypatch.setitem(REFERENCE_ARCHITECTURES, "mi_unet", small)
+    torch.manual_seed(0)
+    source = build_cvae("mi_unet", **small)
+    torch.save({"model_state_dict": source.state_dict(), "epoch": 999}, tmp_path / "checkpoint_999.pth")
+    pset = perturbation_set_from_reference(tmp_path / "checkpoint_999.pth", "mi_unet", radius=25.0, input_shape=(3, 62, 93))
+    assert pset.input_shape == (3, 62, 93)
+    x = torch.rand(2, 3, 62, 93)
+    assert pset.sample(x, 3).shape == (2, 3, 3, 62, 93)
+    for key, value in source.state_dict().items():
+        assert torch.equal(pset.cvae.state_dict()[key], value)
