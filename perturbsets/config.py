@@ -474,6 +474,11 @@ class RobustEvalConfig:
     ood: held-out perturbations (a data config whose test split gives x̃), or ``null``.
     max_pairs: score the perturbed and OOD accuracy on at most this many test pairs (a
         seeded random subset); ``null``: every pair.
+    inputs: what clean accuracy and latent PGD start from: ``examples`` (each test
+        example once, as its x) or ``versions`` (every stored version of every test
+        example, e.g. all 25 lightings of each Multi-Illumination test scene, as the
+        paper's evaluation did; versioned data only). Certification always takes each
+        test example once.
     test: the test data when it differs from the training data's test split (``null``:
         the same): the fixed-lighting baseline trains on one lighting but is tested on
         all of them.
@@ -484,11 +489,13 @@ class RobustEvalConfig:
     batch_size: int = 256
     passes: int = 1
     max_pairs: int | None = None
+    inputs: str = "examples"
     ood: DataConfig | None = None
     test: DataConfig | None = None
     certify: CertifyConfig | None = None
 
     def __post_init__(self) -> None:
+        _require(self.inputs in ("examples", "versions"), f"inputs must be 'examples' or 'versions', got {self.inputs!r}")
         for spec in self.radii:
             _check_radius_spec(spec, "radii")
         _require(self.batch_size >= 1 and self.passes >= 1, "batch_size and passes must be >= 1")

@@ -245,6 +245,9 @@ class PairSource:
             ``device``; for data with a joint augmentation it is applied here).
             ``"all"``: every stored pair exactly once, example-major unless ``shuffle``;
             never augmented, and not available for on-the-fly data.
+            ``"versions"`` (:class:`~perturbsets.versions.VersionedData` only): every
+            stored version of every example once as x (and x̃ = x), e.g. every lighting
+            of every test scene; never augmented.
 
         Every random draw (order, choice of stored perturbation, on-the-fly perturbation)
         comes from generators seeded by ``(seed, epoch)`` only: the same arguments always

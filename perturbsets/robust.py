@@ -455,7 +455,10 @@ def robust_evaluate(
     ev = config.evaluation
     test = load_test(ev.test, config.seed) if ev.test is not None else load_splits(config.data, config.seed, data).test
     eval_seed = derive_seed(config.seed, 13)
-    images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device)  # noqa: E731
+    mode = "sample" if ev.inputs == "examples" else "versions"
+    if mode == "versions" and not hasattr(test, "num_versions"):
+        raise ValueError("evaluation.inputs 'versions' needs data with stored versions (cifar10c, multi_illumination)")
+    images = lambda: test.batches(ev.batch_size, shuffle=False, seed=eval_seed, device=device, mode=mode)  # noqa: E731
     scores = {"clean": score(model, images(), lambda b: b.x)}
     pairs = lambda data: data.evaluation_batches(  # noqa: E731
         ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs

@@ -574,7 +574,13 @@ class VersionedData(PairSource):
 
     # ----------------------------------------------------------------- iteration
 
+    def _check_mode(self, mode: str) -> None:
+        if mode not in ("sample", "all", "versions"):
+            raise ValueError(f"mode must be 'sample', 'all' or 'versions', got {mode!r}")
+
     def _num_items(self, mode: str) -> int:
+        if mode == "versions":
+            return len(self) * self.num_versions
         return len(self) if mode == "sample" else self.num_pairs
 
     def _iterate(
@@ -582,17 +588,19 @@ class VersionedData(PairSource):
     ) -> Iterator[PairBatch]:
         cpu = torch.device("cpu")
         p = self.pairs_per_example
-        items = torch.arange(len(self) if mode == "sample" else self.num_pairs)
+        items = torch.arange(self._num_items(mode))
         if shuffle:
             items = items[torch.randperm(items.numel(), generator=_generator(seed, epoch, _STREAM_ORDER, cpu))]
-        if mode == "all":
+        if mode == "versions":
+            examples, version = items // self.num_versions, items % self.num_versions
+        elif mode == "all":
             examples, pair_pos = items // p, items % p
         else:
             # Uniform over the P ordered pairs == "i uniform, then j uniform among the
             # valid others" (every i has the same number of partners), in one draw.
             examples = items
             pair_pos = torch.randint(p, (items.numel(),), generator=_generator(seed, epoch, _STREAM_CHOICE, cpu))
-        vi, vj = self._table[pair_pos].unbind(1)
+        vi, vj = (version, version) if mode == "versions" else self._table[pair_pos].unbind(1)
         augment = self._augment if mode == "sample" else None
         aug_gen = _generator(seed, epoch, _STREAM_AUGMENT, device) if augment is not None else None
 
@@ -602,7 +610,7 @@ class VersionedData(PairSource):
             end = start + batch_size
             idx = examples[start:end]
             rows = idx if self._ids is None else self._ids[idx]
-            if self._pairing == "fixed":
+            if self._pairing == "fixed" or mode == "versions":
                 x = self._gather(rows, vi[start:end], device)
                 x_tilde = x.clone()
             else:

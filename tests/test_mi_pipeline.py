@@ -109,7 +109,7 @@ def _robust_config(root, set_dir, mode="smoothing", **evaluation) -> RobustConfi
             "perturbation_set": str(set_dir),
             "data": {"source": "multi_illumination", "path": str(root), "mip": 7, "check_size": False,
                      "augment": {"pad": 2, "crop": [31, 46]}},
-            "model": {"architecture": "unet", "options": {"n_classes": 36}},
+            "model": {"architecture": "unet", "options": {"n_classes": 36, "base_channels": 4}},
             "training": {"mode": mode, "epochs": 1, "batch_size": 4, "sigma": 0.5},
             "evaluation": {"radii": ["p50", "max"], "attack": {"steps": 1}, "batch_size": 4, "max_pairs": 8, **evaluation},
         },

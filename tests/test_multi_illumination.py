@@ -240,3 +240,15 @@ def test_numpy_layout_checks_shapes_and_classes(tmp_path):
 def test_too_few_scenes_is_reported(scenes):
     with pytest.raises(DatasetFormatError, match="test split has 2 scenes.*has 30"):
         load_multi_illumination(scenes, "test", MIP)
+
+
+def test_versions_mode_visits_every_lighting_of_every_scene_once(scenes):
+    data = load_multi_illumination(scenes, "test", MIP, check_size=False)
+    batches = list(data.batches(16, shuffle=False, seed=0, mode="versions"))
+    assert data.num_batches(16, mode="versions") == len(batches) == -(-2 * LIGHTINGS // 16)
+    x = torch.cat([b.x for b in batches])
+    assert x.shape[0] == 2 * LIGHTINGS and all(torch.equal(b.x, b.x_tilde) for b in batches)
+    names = sorted(p.name for p in scenes.iterdir() if p.name.startswith("everett"))
+    for item in (0, 7, 24, 25, 49):
+        expect = _decode(scenes / names[item // LIGHTINGS] / f"dir_{item % LIGHTINGS}_mip{MIP}.jpg")
+        torch.testing.assert_close(x[item], torch.from_numpy(expect.copy()).permute(2, 0, 1).float() / 255)

@@ -301,25 +301,26 @@ def wideresnet_28_10(*, num_classes: int = 10, normalize: bool = True) -> nn.Mod
 class UNet(nn.Module):
     """U-Net (Ronneberger et al., 2015) in the milesial/Pytorch-UNet layout.
 
-    inc (→64), down1..down4 (→128, 256, 512, 1024/f), up1..up4 (→512/f, 256/f, 128/f, 64),
-    outc, with f = 2 for bilinear upsampling (whose Up blocks cannot halve channels
-    themselves) and 1 otherwise. (N, n_channels, H, W) → logits (N, n_classes, H, W) for any
-    H, W ≥ 16 (four 2×2 max pools must leave at least one pixel).
+    inc (→b), down1..down4 (→2b, 4b, 8b, 16b/f), up1..up4 (→8b/f, 4b/f, 2b/f, b), outc,
+    with b = ``base_channels`` (64 in the paper) and f = 2 for bilinear upsampling (whose
+    Up blocks cannot halve channels themselves), 1 otherwise. (N, n_channels, H, W) →
+    logits (N, n_classes, H, W) for any H, W ≥ 16 (four 2×2 max pools must leave a pixel).
     """
 
-    def __init__(self, n_channels: int, n_classes: int, bilinear: bool) -> None:
+    def __init__(self, n_channels: int, n_classes: int, bilinear: bool, base_channels: int = 64) -> None:
         super().__init__()
         f = 2 if bilinear else 1
-        self.inc = DoubleConv(n_channels, 64)
-        self.down1 = Down(64, 128)
-        self.down2 = Down(128, 256)
-        self.down3 = Down(256, 512)
-        self.down4 = Down(512, 1024 // f)
-        self.up1 = Up(1024, 512 // f, bilinear)
-        self.up2 = Up(512, 256 // f, bilinear)
-        self.up3 = Up(256, 128 // f, bilinear)
-        self.up4 = Up(128, 64, bilinear)
-        self.outc = OutConv(64, n_classes)
+        b = base_channels
+        self.inc = DoubleConv(n_channels, b)
+        self.down1 = Down(b, 2 * b)
+        self.down2 = Down(2 * b, 4 * b)
+        self.down3 = Down(4 * b, 8 * b)
+        self.down4 = Down(8 * b, 16 * b // f)
+        self.up1 = Up(16 * b, 8 * b // f, bilinear)
+        self.up2 = Up(8 * b, 4 * b // f, bilinear)
+        self.up3 = Up(4 * b, 2 * b // f, bilinear)
+        self.up4 = Up(2 * b, b, bilinear)
+        self.outc = OutConv(b, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x1 = self.inc(x)
@@ -333,14 +334,14 @@ class UNet(nn.Module):
 
 
 @register_classifier("unet")
-def unet(*, n_channels: int = 3, n_classes: int = 36, bilinear: bool = True) -> nn.Module:
+def unet(*, n_channels: int = 3, n_classes: int = 36, bilinear: bool = True, base_channels: int = 64) -> nn.Module:
     """U-Net for Multi-Illumination material segmentation (the paper's §6 downstream model).
 
     Input (N, n_channels, H, W) in [0, 1], no normalisation (as the authors); returns
     per-pixel logits (N, n_classes, H, W). The defaults are the authors' configuration
     (36 material classes, bilinear upsampling; 17,269,668 parameters, keys as their
     checkpoints). ``bilinear=False`` uses transposed convolutions instead (31.0M parameters,
-    no released checkpoint).
+    no released checkpoint). ``base_channels`` scales every width (64: the authors').
     """
-    _check_positive("unet", n_channels=n_channels, n_classes=n_classes)
-    return UNet(n_channels, n_classes, bilinear)
+    _check_positive("unet", n_channels=n_channels, n_classes=n_classes, base_channels=base_channels)
+    return UNet(n_channels, n_classes, bilinear, base_channels)
