@@ -31,6 +31,8 @@ __all__ = [
     "plot_interpolation",
     "plot_latent_norms",
     "plot_curve",
+    "colorize_labels",
+    "plot_segmentation",
 ]
 
 # Image grids get about this many inches per image, shrunk so the page stays bounded.
@@ -334,3 +336,54 @@ def plot_curve(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def colorize_labels(labels: Any, num_classes: int, ignore_index: int = -100) -> np.ndarray:
+    """(N, H, W) class maps → (N, 3, H, W) colours in [0, 1]; ``ignore_index`` pixels are black.
+
+    Colours come from matplotlib's qualitative ``tab20``, ``tab20b`` and ``tab20c`` maps (60
+    distinct colours), so the same class has the same colour in every figure.
+    """
+    from matplotlib import colormaps
+
+    maps = _array(labels)
+    if maps.ndim != 3:
+        raise ValueError(f"labels must have shape (N, H, W), got {maps.shape}")
+    if not 1 <= num_classes <= 60:
+        raise ValueError(f"colorize_labels has 60 colours; num_classes must be in 1..60, got {num_classes}")
+    palette = np.concatenate([colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")])[:num_classes, :3]
+    ignored = maps == ignore_index
+    if ((maps < 0) | (maps >= num_classes))[~ignored].any():
+        raise ValueError(f"labels must lie in [0, {num_classes}) or equal ignore_index {ignore_index}")
+    rgb = palette[np.where(ignored, 0, maps).astype(np.int64)]
+    rgb[ignored] = 0.0
+    return rgb.transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def plot_segmentation(
+    x: Any,
+    prediction: Any,
+    x_adv: Any,
+    prediction_adv: Any,
+    labels: Any,
+    path: str | os.PathLike,
+    num_classes: int,
+    title: str | None = None,
+) -> Path:
+    """Benign input | its predicted map | adversarial input | its map | true map, per row (paper Figs. 14–16).
+
+    Args:
+        x, x_adv: (N, C, H, W) images in [0, 1].
+        prediction, prediction_adv, labels: (N, H, W) class maps (labels may hold -100, drawn black).
+        num_classes: K, for a fixed colour per class.
+    """
+    images = [_images(a, name, 4, "(N, C, H, W)") for name, a in (("x", x), ("x_adv", x_adv))]
+    maps = [colorize_labels(m, num_classes) for m in (prediction, prediction_adv, labels)]
+    columns = [images[0], maps[0], images[1], maps[1], maps[2]]
+    if images[0].shape[1] == 1:
+        columns = [np.repeat(c, 3, axis=1) if c.shape[1] == 1 else c for c in columns]
+    shapes = {c.shape for c in columns}
+    if len(shapes) != 1:
+        raise ValueError(f"inputs and maps must share N, H and W, got shapes {sorted(shapes)}")
+    labels_row = ["input", "prediction", "adversarial input", "prediction", "true map"]
+    return _save(_grid_figure(np.stack(columns, axis=1), labels_row, title), path)

@@ -39,7 +39,7 @@ from .checkpoint import load_checkpoint
 from .loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from .nets.classifiers import build_classifier
 from .perturbation_set import PerturbationSet
-from .plots import plot_curve
+from .plots import plot_curve, plot_segmentation
 from .smoothing import SmoothedClassifier, certified_accuracy, certified_accuracy_curve
 from .tasks import IGNORE_INDEX, Scorer, check_labels, per_example_error, per_example_loss
 
@@ -477,6 +477,8 @@ def robust_evaluate(
             radii[str(spec)] = eps
             scores[str(spec)] = pgd_score(model, pset, images(), ev.attack, eps, derive_seed(config.seed, 19))
             pgd[str(spec)] = scores[str(spec)].accuracy
+        if radii:
+            _plot_adversarial_maps(model, pset, images(), ev.attack, max(radii.values()), out_dir, config.seed)
         if ev.certify is not None:
             sigma = ev.certify.sigma if ev.certify.sigma is not None else config.training.sigma
             with torch.no_grad():
@@ -499,6 +501,24 @@ def robust_evaluate(
     write_json(out_dir / "robust_metrics.json", report.to_dict())
     write_text(out_dir / "robust_table.md", reports_to_markdown([report]))
     return report
+
+
+def _plot_adversarial_maps(model: nn.Module, pset: PerturbationSet, batches, cfg: AttackConfig, eps: float, out_dir: Path, seed: int) -> None:
+    """Segmentation only: benign and adversarial lightings with their predicted maps (Figures 14–16)."""
+    batch = next(iter(batches))
+    y = _labels(batch)
+    with torch.no_grad():
+        logits = model(batch.x[:4])
+    if logits.dim() != 4:
+        return
+    gen = torch.Generator(device=pset.device).manual_seed(derive_seed(seed, 23))
+    x_adv = make_attack(model, pset, cfg, eps, gen)(batch.x[:4], y[:4]).x_adv
+    with torch.no_grad():
+        adv_pred = model(x_adv).argmax(1)
+    plot_segmentation(
+        batch.x[:4].cpu(), logits.argmax(1).cpu(), x_adv.cpu(), adv_pred.cpu(), y[:4].cpu(),
+        out_dir / "adversarial_segmentation.png", logits.shape[1], title=f"latent PGD at ε = {eps:.3g}",
+    )  # fmt: skip
 
 
 def _first_input(test: PairedData, device) -> Tensor:

@@ -121,6 +121,7 @@ def test_segmentation_training_evaluation_and_certification(root, mip7_set, tmp_
     result = robust_train(config, tmp_path / "run", progress=False)
     report = robust_evaluate(config, tmp_path / "run", tmp_path / "eval", model=result.model, progress=False)
     assert set(report.miou) == {"clean", "perturbed", "p50", "max"}
+    assert (tmp_path / "eval" / "adversarial_segmentation.png").is_file()
     assert all(0 <= v <= 1 for v in report.miou.values())
     maps = sorted((tmp_path / "eval" / "certify").glob("*.npz"))
     assert len(maps) == 2

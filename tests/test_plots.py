@@ -321,3 +321,27 @@ def test_plot_samples_column_labels(tmp_path):
     assert plots.plot_samples(x, samples, tmp_path / "a.png", labels=["a", "b", "c"]).is_file()
     with pytest.raises(ValueError, match="2 labels for 3 sample columns"):
         plots.plot_samples(x, samples, tmp_path / "b.png", labels=["a", "b"])
+
+
+def test_colorize_labels_fixed_colours_and_ignored_pixels():
+    from perturbsets.plots import colorize_labels
+
+    maps = np.array([[[0, 1], [35, -100]]])
+    rgb = colorize_labels(maps, 36)
+    assert rgb.shape == (1, 3, 2, 2) and np.all(rgb[0, :, 1, 1] == 0)
+    assert not np.allclose(rgb[0, :, 0, 0], rgb[0, :, 0, 1]) and not np.allclose(rgb[0, :, 0, 0], rgb[0, :, 1, 0])
+    assert np.array_equal(colorize_labels(np.array([[[1]]]), 36)[0, :, 0, 0], rgb[0, :, 0, 1])
+    with pytest.raises(ValueError, match="labels must lie in"):
+        colorize_labels(np.array([[[36]]]), 36)
+
+
+def test_plot_segmentation_writes_a_png(tmp_path):
+    from perturbsets.plots import plot_segmentation
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 12, 18))
+    maps = rng.integers(0, 36, (3, 2, 12, 18))
+    path = plot_segmentation(x, maps[0], x, maps[1], maps[2], tmp_path / "seg.png", 36)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="share N, H and W"):
+        plot_segmentation(x, maps[0][:, :6], x, maps[1], maps[2], tmp_path / "bad.png", 36)
