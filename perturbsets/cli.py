@@ -89,6 +89,16 @@ def _experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_mi_arrays(args: argparse.Namespace) -> int:
+    from .multi_illumination import write_numpy_batches
+
+    paths = write_numpy_batches(
+        args.data, args.out, args.mip, material_mip=args.material_mip, check_size=not args.no_check_size
+    )
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
 def _make_cifar10c(args: argparse.Namespace) -> int:
     from .corruptions import CORRUPTIONS, load_frost_textures, make_corrupted_split
     from .datasets import load_cifar10
@@ -170,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--quiet", action="store_true")
     mk.set_defaults(func=_make_cifar10c)
 
-    exp = sub.add_parser("experiments", help="the paper's MNIST and CIFAR-10 experiments: list, run, tables")
+    mi = sub.add_parser("make-mi-arrays", help="convert Multi-Illumination scene folders to the paper's numpy batch files")
+    mi.add_argument("--data", required=True, help="folder holding the scene folders (<scene>/dir_<k>_mip<m>.jpg)")
+    mi.add_argument("--mip", type=int, default=5, help="MIP level (default 5: 125x187)")
+    mi.add_argument("--material-mip", type=int, default=None, help="MIP level of the material PNGs (2 reproduces the paper's MIP5 data)")
+    mi.add_argument("--out", required=True, help="folder for dataset-<split>-[materials-]mip-<m>-batch-<j>.npy")
+    mi.add_argument("--no-check-size", action="store_true", help="accept a partial copy of the dataset")
+    mi.set_defaults(func=_make_mi_arrays)
+
+    exp = sub.add_parser("experiments", help="the paper's MNIST, CIFAR-10 and Multi-Illumination experiments: list, run, tables")
     exp.add_argument("action", choices=["list", "run", "table", "make-tiny-data"])
     exp.add_argument("name", nargs="?", default="all", help="experiment name (run), 'all', or a table such as 'Table 4'")
     exp.add_argument("--data", default="data", help="folder holding MNIST / cifar-10-batches-py / cifar-10-c-{train,test}")

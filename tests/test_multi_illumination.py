@@ -252,3 +252,18 @@ def test_versions_mode_visits_every_lighting_of_every_scene_once(scenes):
     for item in (0, 7, 24, 25, 49):
         expect = _decode(scenes / names[item // LIGHTINGS] / f"dir_{item % LIGHTINGS}_mip{MIP}.jpg")
         torch.testing.assert_close(x[item], torch.from_numpy(expect.copy()).permute(2, 0, 1).float() / 255)
+
+
+def test_scene_folders_convert_to_the_numpy_layout(scenes, tmp_path):
+    from perturbsets.cli import main
+
+    assert main(["make-mi-arrays", "--data", str(scenes), "--mip", str(MIP), "--out", str(tmp_path), "--no-check-size"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        f"dataset-{s}-{kind}mip-{MIP}-batch-0.npy" for s in ("train", "val", "test") for kind in ("", "materials-")
+    )
+    for split in ("train", "val", "test"):
+        a = load_multi_illumination(scenes, split, MIP, check_size=False, layout="scenes")
+        b = load_multi_illumination(tmp_path, split, MIP, check_size=False, layout="numpy")
+        ba, bb = next(a.batches(64, shuffle=False, seed=0, mode="versions")), next(b.batches(64, shuffle=False, seed=0, mode="versions"))
+        assert torch.equal(ba.x, bb.x) and torch.equal(ba.y, bb.y)
