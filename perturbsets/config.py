@@ -222,8 +222,10 @@ class EvaluationConfig:
     pgd_step_size: ``null`` means radius / 20, as in the paper.
     metric: ``nll`` (the generator's own error term: BCE for Bernoulli, squared error for
         Gaussian — how the paper's tables were computed) or ``mse`` (squared error always).
-    max_pairs: evaluate the radius and the quality metrics on at most this many pairs of
-        each split (a seeded random subset); ``null``: every pair, as the paper.
+    max_pairs: compute the quality metrics on at most this many test pairs (a seeded
+        random subset); ``null``: every pair, as the paper. The radius always uses every
+        validation pair (encoding them is cheap, and the maximum rule is sensitive to
+        subsampling).
     """
 
     radius: float | str = "max"

@@ -37,9 +37,7 @@ class RadiusChoice:
 def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
     """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
     ev = config.evaluation
-    batches = val.evaluation_batches(
-        ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device, max_pairs=ev.max_pairs
-    )
+    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device)
     norms = latent_norms(cvae, batches)
     return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
 

@@ -171,3 +171,28 @@ def test_tables_10_and_11(tmp_path):
     metrics = json.loads((runs / "mi-mip5" / "metrics.json").read_text())
     assert f"{metrics['latent_norms']['max']:.2f}" in norms and "| 1 |" in norms  # β = 1 at MIP5
     assert load_experiment("mi-mip3").perturbation_set.training.beta(0) == 10
+
+
+def test_full_configs_follow_the_paper():
+    mip5 = load_experiment("mi-mip5").perturbation_set
+    assert mip5.training.epochs == 1000 and mip5.training.batch_size == 64 and mip5.training.weight_decay == 5e-7
+    assert mip5.training.lr(0) == pytest.approx(1e-4) and mip5.training.lr(400) == pytest.approx(1e-3)
+    assert mip5.training.beta(0) == 0 and mip5.training.beta(400) == 1 and mip5.training.select == "latest"
+    assert mip5.data.augment == {"pad": 10, "crop": [125, 187], "flip": True} and mip5.data.material_mip == 2
+    mip4 = load_experiment("mi-mip4").perturbation_set
+    assert mip4.training.lr(40) == pytest.approx(2.5e-4) and mip4.training.init_from.endswith("mi-mip5/perturbation_set")
+    assert mip4.data.augment["pad"] == 20 and mip4.model.options["input_shape"] == [3, 250, 375]
+    mip3 = load_experiment("mi-mip3").perturbation_set
+    assert mip3.training.lr(10) == pytest.approx(2.5e-5) and mip3.training.beta(25) == 10 and mip3.training.batch_size == 16
+    assert mip3.model.options["checkpoint"] is True and mip3.training.amp
+    adv = load_experiment("mi-cvae-adversarial").robust
+    assert adv.training.attack.eps == "max" and adv.training.attack.steps == 7 and adv.training.attack.step_divisor == 5
+    assert adv.evaluation.radii == ["p50", "p75", "max"] and adv.evaluation.inputs == "versions"
+    smooth = load_experiment("mi-smoothing-690").robust
+    assert smooth.training.sigma == 6.9 and smooth.evaluation.certify.n == 1000 and smooth.evaluation.certify.n0 == 100
+    fixed = load_experiment("mi-fixed-lighting").robust
+    assert fixed.data.pairing == "fixed" and fixed.evaluation.test.pairing == "with_original"
+    for name in ("mi-fixed-lighting", "mi-data-augmentation", "mi-cvae-augmentation", "mi-cvae-adversarial", "mi-smoothing-690"):
+        robust = load_experiment(name).robust
+        assert robust.training.epochs == 400 and robust.training.lr(160) == pytest.approx(0.01)
+        assert robust.model.architecture == "unet" and robust.model.options["n_classes"] == 36
