@@ -25,7 +25,7 @@ import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from torch import Tensor
 from .perturbations import Perturbation, _check_value_range
 
 __all__ = [
+    "JointAugmentation",
+    "augmented_batches",
     "PairBatch",
     "PairSource",
     "DataSplits",
@@ -57,6 +59,12 @@ _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"
 # Stream ids keep the shuffle, the choice of stored perturbation and the on-the-fly
 # perturbation independent, so e.g. changing the batch size never changes the shuffle.
 _STREAM_ORDER, _STREAM_CHOICE, _STREAM_PERTURB = 0, 1, 2
+# Augmentation draws have their own stream, so adding an augmentation never changes which
+# pairs are drawn.
+_STREAM_AUGMENT = 3
+
+# (x, x_tilde, generator[, labels=y]) -> (x_aug, x_tilde_aug[, y_aug]), all batched (B, ...).
+JointAugmentation = Callable[..., "tuple[Tensor, ...]"]
 
 
 @dataclass
@@ -194,6 +202,27 @@ def _repeat_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------- PairedData
+
+
+def augmented_batches(
+    batches: Iterator[PairBatch], augment: JointAugmentation, seed: int, epoch: int, device: torch.device
+) -> Iterator[PairBatch]:
+    """Apply a joint augmentation to every batch, with draws seeded by (seed, epoch).
+
+    Label maps (y of shape (B, H, W)) go through the augmentation with the images
+    (``augment(x, x_tilde, generator, labels=y)`` returns the three); one label per example
+    is left as it is.
+    """
+    gen = _generator(seed, epoch, _STREAM_AUGMENT, device)
+    for batch in batches:
+        y = batch.y
+        if y is not None and y.dim() == 3:
+            x, x_tilde, y = augment(batch.x, batch.x_tilde, gen, labels=y)
+        else:
+            x, x_tilde = augment(batch.x, batch.x_tilde, gen)
+        if x.shape != x_tilde.shape:
+            raise ValueError(f"augment returned shapes {tuple(x.shape)} and {tuple(x_tilde.shape)}; both halves must match")
+        yield PairBatch(x=x, x_tilde=x_tilde, y=y, index=batch.index)
 
 
 class PairSource:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .data import (
     DataSplits,
+    JointAugmentation,
     PairBatch,
     PairedData,
     PairSource,
@@ -60,6 +61,7 @@ from .data import (
     _SCAN_ELEMENTS,
     _STREAM_CHOICE,
     _STREAM_ORDER,
+    augmented_batches,
 )
 from .perturbations import _check_value_range
 from .tasks import IGNORE_INDEX
@@ -74,12 +76,6 @@ __all__ = [
 ]
 
 PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
-# Own stream id for augmentation draws, distinct from data.py's order/choice/perturb
-# streams (0, 1, 2), so adding an augmentation never changes which pairs are drawn.
-_STREAM_AUGMENT = 3
-
-# (x, x_tilde, generator) -> (x_aug, x_tilde_aug), both (B, C, H', W').
-JointAugmentation = Callable[[Tensor, Tensor, "torch.Generator | None"], "tuple[Tensor, Tensor]"]
 
 
 # --------------------------------------------------------------------------- LazyStack
@@ -601,10 +597,16 @@ class VersionedData(PairSource):
             examples = items
             pair_pos = torch.randint(p, (items.numel(),), generator=_generator(seed, epoch, _STREAM_CHOICE, cpu))
         vi, vj = (version, version) if mode == "versions" else self._table[pair_pos].unbind(1)
-        augment = self._augment if mode == "sample" else None
-        aug_gen = _generator(seed, epoch, _STREAM_AUGMENT, device) if augment is not None else None
+        batches = self._read(batch_size, examples, vi, vj, mode, device, drop_last)
+        if mode == "sample" and self._augment is not None:
+            return augmented_batches(batches, self._augment, seed, epoch, device)
+        return batches
 
-        total = items.numel()
+    def _read(
+        self, batch_size: int, examples: Tensor, vi: Tensor, vj: Tensor, mode: str, device: torch.device, drop_last: bool
+    ) -> Iterator[PairBatch]:
+        """Batches of versions ``vi`` (x) and ``vj`` (x̃) of ``examples``, read from the storage."""
+        total = examples.numel()
         stop = total - total % batch_size if drop_last else total
         for start in range(0, stop, batch_size):
             end = start + batch_size
@@ -617,17 +619,7 @@ class VersionedData(PairSource):
                 # Both halves in one read of the storage.
                 both = self._gather(torch.cat([rows, rows]), torch.cat([vi[start:end], vj[start:end]]), device)
                 x, x_tilde = both[: idx.numel()], both[idx.numel() :]
-            y = self._gather_labels(rows, device)
-            if augment is not None:
-                if self.has_label_maps:
-                    x, x_tilde, y = augment(x, x_tilde, aug_gen, labels=y)
-                else:
-                    x, x_tilde = augment(x, x_tilde, aug_gen)
-                if x.shape != x_tilde.shape:
-                    raise ValueError(
-                        f"augment returned shapes {tuple(x.shape)} and {tuple(x_tilde.shape)}; both halves must match"
-                    )
-            yield PairBatch(x=x, x_tilde=x_tilde, y=y, index=idx)
+            yield PairBatch(x=x, x_tilde=x_tilde, y=self._gather_labels(rows, device), index=idx)
 
     def _gather_labels(self, rows: Tensor, device: torch.device) -> Tensor | None:
         """(B,) labels or (B, H, W) label maps of storage rows ``rows``, int64 on ``device``."""
@@ -848,12 +840,7 @@ class Augmented:
         )
         if mode != "sample":
             return inner
-        return self._augmented(inner, _generator(seed, epoch, _STREAM_AUGMENT, torch.device(device)))
-
-    def _augmented(self, inner: Iterator[PairBatch], gen: torch.Generator) -> Iterator[PairBatch]:
-        for batch in inner:
-            x, x_tilde = self._augment(batch.x, batch.x_tilde, gen)
-            yield PairBatch(x=x, x_tilde=x_tilde, y=batch.y, index=batch.index)
+        return augmented_batches(inner, self._augment, seed, epoch, torch.device(device))
 
     def evaluation_batches(
         self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu", max_pairs: int | None = None
