@@ -116,3 +116,20 @@ def test_unknown_data_source(tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", data={"source": "mnsit"})
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
     assert "unknown data.source 'mnsit'" in capsys.readouterr().err
+
+
+def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from perturbsets import experiments
+    from perturbsets.tiny_datasets import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path / "data", 80, 12, np.random.default_rng(0))  # MNIST only, no Multi-Illumination
+    monkeypatch.setattr(experiments, "experiment_names", lambda: ["mi-cvae-augmentation", "mnist-linf-fc"])
+    code = main(["experiments", "run", "all", "--smoke", "--quiet", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "mi-cvae-augmentation: skipped, its data is missing" in err and "multi-illumination" in err
+    assert (tmp_path / "runs" / "mnist-linf-fc" / "metrics.json").is_file()
+    # A single named experiment still fails loudly.
+    assert main(["experiments", "run", "mi-mip5", "--smoke", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]) == 2
