@@ -156,7 +156,7 @@ def plot_pairs(
     max_rows: int = 8,
     title: str | None = None,
 ) -> Path:
-    """Show clean x | perturbed x̃ | reconstruction, one example per row.
+    """Show x | perturbed x̃ | reconstruction of x̃, one example per row.
 
     Args:
         x, x_tilde, reconstruction: (N, C, H, W) each, identical shapes.
@@ -177,7 +177,7 @@ def plot_pairs(
                 f"and {arrays[name].shape}"
             )
     stacked = np.stack([a[:max_rows] for a in arrays.values()], axis=1)
-    labels = [r"clean $x$", r"perturbed $\tilde{x}$", "reconstruction"]
+    labels = [r"$x$", r"perturbed $\tilde{x}$", "reconstruction"]
     return _save(_grid_figure(stacked, labels, title), path)
 
 

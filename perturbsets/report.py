@@ -102,7 +102,7 @@ def write_report(
             "",
         ]
     captions = {
-        "pairs": "Test pairs: clean x, perturbed x̃, and the CVAE reconstruction of x̃.",
+        "pairs": "Test pairs: x, its perturbed version x̃, and the CVAE reconstruction of x̃.",
         "samples": "Eight samples from the truncated prior for each input.",
         "interpolation": "Interpolation in the latent ball between two perturbations of the same input (Figure 1, top row).",
         "latent_norms": "Distribution of validation encodings; the chosen radius and the 25/50/75th percentiles.",

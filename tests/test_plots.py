@@ -127,7 +127,7 @@ def test_plot_pairs_writes_png_and_caps_rows(tmp_path, captured):
     expected = plots.image_grid(torch.stack([x[:4], 1 - x[:4], x[:4] * 0.5], dim=1))
     np.testing.assert_allclose(shown, expected)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == [r"clean $x$", r"perturbed $\tilde{x}$", "reconstruction"]
+    assert labels == [r"$x$", r"perturbed $\tilde{x}$", "reconstruction"]
 
 
 def test_plot_samples_writes_png_with_gray_colormap(tmp_path, captured):
