@@ -8,7 +8,9 @@ Run on demand (not part of the tests): ``python benchmarks/bench_mi.py [--device
    tensors shared by in-place ReLUs are counted twice, so the figures are upper bounds.
    bf16 is the model cast to bfloat16, an estimate of mixed precision (autocast keeps a
    few reductions in float32). On CUDA the peak of a real step is measured too.
-2. Per-pixel certification of one MIP5 image (36 classes, 125×187 pixels): the full-size
+2. Loading: training pairs per second from scene folders (two JPEG decodes per pair) and
+   from the numpy batch files ``perturbsets make-mi-arrays`` writes.
+3. Per-pixel certification of one MIP5 image (36 classes, 125×187 pixels): the full-size
    generator and segmentation U-Net per noise draw, and the vectorised per-pixel
    Clopper–Pearson bounds against a per-pixel loop of ``scipy.stats.binomtest`` calls
    (what the authors' code did, defect 37).
@@ -20,6 +22,7 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,6 +132,30 @@ def certification(device: torch.device, draws: int) -> None:
     )
 
 
+def loading(batches: int = 10, batch_size: int = 64) -> None:
+    """Training batches per second from scene folders (JPEG decoding) and from the numpy batch files."""
+    import tempfile
+
+    from perturbsets.multi_illumination import load_multi_illumination, write_numpy_batches
+    from perturbsets.tiny_datasets import write_tiny_multi_illumination
+    from perturbsets.versions import JointCropFlip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scenes = write_tiny_multi_illumination(Path(tmp) / "scenes", np.random.default_rng(0), mip=5, scenes={"train": 40})
+        write_numpy_batches(scenes, Path(tmp) / "arrays", 5, splits=["train"], check_size=False)
+        rates = {}
+        for layout, root in (("scenes", scenes), ("numpy", Path(tmp) / "arrays")):
+            data = load_multi_illumination(root, "train", 5, layout=layout, check_size=False, augment=JointCropFlip(10, (125, 187)))
+            began = time.perf_counter()
+            for epoch in range(batches):
+                next(data.batches(batch_size, shuffle=True, seed=0, epoch=epoch))
+            rates[layout] = batches * batch_size / (time.perf_counter() - began)
+    print(
+        f"MIP5 training pairs per second (batch {batch_size}, crop/flip on): scene folders {rates['scenes']:.0f}, "
+        f"numpy batches {rates['numpy']:.0f} ({rates['numpy'] / rates['scenes']:.1f}x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +166,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {device} ({name}), {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     memory_table(device)
+    loading()
     if not args.skip_cert:
         certification(device, args.draws)
     print(f"(an 80 GB GPU holds {80e9 / GIB:.1f} GiB)")
