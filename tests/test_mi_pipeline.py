@@ -171,6 +171,9 @@ def test_tables_10_and_11(tmp_path):
     metrics = json.loads((runs / "mi-mip5" / "metrics.json").read_text())
     assert f"{metrics['latent_norms']['max']:.2f}" in norms and "| 1 |" in norms  # β = 1 at MIP5
     assert load_experiment("mi-mip3").perturbation_set.training.beta(0) == 10
+    run_experiment("mi-cvae-augmentation", data, runs, smoke=True, progress=False)
+    table3 = table_markdown("Table 3", runs, data=data)
+    assert "| CVAE data augmentation |" in table3 and "mIoU perturbed" in table3 and "PGD ε=" in table3
 
 
 def test_full_configs_follow_the_paper():
