@@ -337,8 +337,6 @@ def _first_pairs(batches: Iterator[PairBatch], limit: int) -> Iterator[PairBatch
     """The first ``limit`` pairs of a stream of batches (the last batch cut short)."""
     seen = 0
     for batch in batches:
-        if seen >= limit:
-            return
         keep = min(limit - seen, batch.x.shape[0])
         seen += keep
         if keep == batch.x.shape[0]:
@@ -346,6 +344,8 @@ def _first_pairs(batches: Iterator[PairBatch], limit: int) -> Iterator[PairBatch
         else:
             cut = lambda t: None if t is None else t[:keep]  # noqa: E731
             yield PairBatch(cut(batch.x), cut(batch.x_tilde), cut(batch.y), cut(batch.index))
+        if seen >= limit:  # stop before reading (and decoding) another batch
+            return
 
 
 

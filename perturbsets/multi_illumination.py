@@ -118,23 +118,38 @@ def _material_path(root: Path, scene: str, mip: int) -> Path:
     return root / scene / f"materials_mip{mip}.png"
 
 
-def _rows_and_cols(key: Any, n: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """Normalise ``obj[rows]`` / ``obj[rows, cols]`` keys to 1-D arrays (scalar flag for an int row)."""
+def _integer_index(value: Any, size: int, what: str) -> np.ndarray:
+    """An int, a slice or an integer array as int64 indices in [0, size) (negatives wrap)."""
+    if isinstance(value, slice):
+        return np.arange(size)[value]
+    index = np.asarray(value)
+    if index.dtype.kind not in "iu":
+        raise IndexError(f"{what} indices must be integers (for a boolean mask use np.nonzero(mask)[0]), got {index.dtype}")
+    index = index.astype(np.int64)
+    if index.size and (index.min() < -size or index.max() >= size):
+        raise IndexError(f"{what} index out of range for {size} {what}s")
+    return np.where(index < 0, index + size, index)
+
+
+def _rows_and_cols(key: Any, n: int) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """Normalise ``obj[rows]`` / ``obj[rows, cols]`` to flat index arrays and the result's leading shape.
+
+    Follows numpy's rules for these keys: ``obj[rows]`` has ``rows``' shape; ``obj[rows,
+    cols]`` with integers / integer arrays broadcasts them together (element b is lighting
+    ``cols[b]`` of scene ``rows[b]``); a slice on either axis gives the outer product.
+    """
     if not isinstance(key, tuple):
         key = (key,)
     if len(key) > 2:
         raise IndexError("index the (scene, lighting) axes only; index the result for further axes")
-    rows = np.arange(n)[key[0]] if isinstance(key[0], slice) else np.asarray(key[0])
-    scalar = rows.ndim == 0
-    rows = np.atleast_1d(rows).astype(np.int64)
-    if rows.size and (rows.min() < -n or rows.max() >= n):
-        raise IndexError(f"scene index out of range for {n} scenes")
-    rows = np.where(rows < 0, rows + n, rows)
-    cols = None
-    if len(key) == 2:
-        cols = np.arange(LIGHTINGS)[key[1]] if isinstance(key[1], slice) else np.asarray(key[1])
-        cols = cols.astype(np.int64)
-    return rows, cols, scalar
+    rows = _integer_index(key[0], n, "scene")
+    if len(key) == 1:
+        return rows.reshape(-1), None, rows.shape
+    cols = _integer_index(key[1], LIGHTINGS, "lighting")
+    if isinstance(key[0], slice) or isinstance(key[1], slice):
+        rows, cols = np.ix_(rows.reshape(-1), cols.reshape(-1)) if rows.ndim and cols.ndim else (rows, cols)
+    rows, cols = np.broadcast_arrays(rows, cols)
+    return rows.reshape(-1), cols.reshape(-1), rows.shape
 
 
 class SceneImages:
@@ -185,14 +200,12 @@ class SceneImages:
         return array
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        rows, cols, scalar = _rows_and_cols(key, len(self.scenes))
+        rows, cols, shape = _rows_and_cols(key, len(self.scenes))
         if cols is None:
             jobs = [(int(r), k) for r in rows for k in range(LIGHTINGS)]
-            shape: tuple[int, ...] = (rows.size, LIGHTINGS)
+            shape = (*shape, LIGHTINGS)
         else:
-            rows, cols = np.broadcast_arrays(rows, cols)
-            jobs = list(zip(rows.reshape(-1).tolist(), cols.reshape(-1).tolist()))
-            shape = rows.shape
+            jobs = list(zip(rows.tolist(), cols.tolist()))
         out = np.empty((len(jobs), self.height, self.width, 3), dtype=np.uint8)
 
         def decode(i: int) -> None:
@@ -205,8 +218,7 @@ class SceneImages:
         else:
             for i in range(len(jobs)):
                 decode(i)
-        out = out.reshape(*shape, self.height, self.width, 3)
-        return out[0] if scalar else out
+        return out.reshape(*shape, self.height, self.width, 3)
 
 
 class SceneMaterials:
@@ -276,19 +288,21 @@ class SceneMaterials:
                 indices = np.asarray(im)
         except FileNotFoundError:
             raise FileNotFoundError(f"scene {scene!r}: the material map {path} does not exist") from None
-        except UnidentifiedImageError as e:
+        except (UnidentifiedImageError, OSError) as e:  # OSError: a truncated file
             raise DatasetFormatError(f"scene {scene!r}: {path} is not a readable PNG ({e})") from None
         return remap_materials(indices, f"scene {scene!r}: {path}")
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        rows, cols, scalar = _rows_and_cols(key, len(self.scenes))
-        if cols is not None:
+        if isinstance(key, tuple) and len(key) > 1:
             raise IndexError("material maps have one axis of examples; index them with rows only")
+        rows, _, shape = _rows_and_cols(key, len(self.scenes))
         for r in rows.tolist():
             if r not in self._cache:
                 self._cache[r] = self.read(self.scenes[r])
-        out = np.stack([self._cache[r] for r in rows.tolist()]) if rows.size else np.empty((0, self.height, self.width), np.uint8)
-        return out[0] if scalar else out
+        out = np.empty((rows.size, self.height, self.width), np.uint8)
+        for i, r in enumerate(rows.tolist()):
+            out[i] = self._cache[r]
+        return out.reshape(*shape, self.height, self.width)
 
 
 class RowConcat:
@@ -320,19 +334,17 @@ class RowConcat:
         return int(self.offsets[-1])
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        rows, cols, scalar = _rows_and_cols(key, len(self))
-        if cols is not None:
-            rows, cols = np.broadcast_arrays(rows, cols)
-        flat_rows = rows.reshape(-1)
-        part = np.searchsorted(self.offsets, flat_rows, side="right") - 1
+        if isinstance(key, tuple) and len(key) > 1 and len(self.shape) < 5:
+            raise IndexError(f"these parts have shape {self.shape[1:]} per row; index them with rows only")
+        rows, cols, shape = _rows_and_cols(key, len(self))
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
         tail = self.shape[2:] if cols is not None else self.shape[1:]
-        out = np.empty((flat_rows.size, *tail), dtype=self.dtype)
+        out = np.empty((rows.size, *tail), dtype=self.dtype)
         for j in np.unique(part):
             sel = part == j
-            local = flat_rows[sel] - self.offsets[j]
-            out[sel] = self.parts[j][local] if cols is None else self.parts[j][local, cols.reshape(-1)[sel]]
-        out = out.reshape(*rows.shape, *tail)
-        return out[0] if scalar else out
+            local = rows[sel] - self.offsets[j]
+            out[sel] = self.parts[j][local] if cols is None else self.parts[j][local, cols[sel]]
+        return out.reshape(*shape, *tail)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -357,12 +369,12 @@ def _scene_names(root: Path, mip: int) -> list[str]:
     )
 
 
-def detect_layout(root: str | Path, mip: int) -> str:
-    """``numpy`` or ``scenes``: which layout ``root`` holds at MIP level ``mip``."""
+def detect_layout(root: str | Path, mip: int, split: str | None = None) -> str:
+    """``numpy`` or ``scenes``: which layout ``root`` holds at MIP level ``mip`` (for ``split``, if given)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"the Multi-Illumination folder {root} does not exist")
-    if any(root.glob(f"dataset-*-mip-{mip}-batch-*.npy")):
+    if any(root.glob(f"dataset-{split or '*'}-mip-{mip}-batch-*.npy")):
         return "numpy"
     if _scene_names(root, mip):
         return "scenes"
@@ -474,7 +486,7 @@ def load_multi_illumination(
     mip_shape(mip)
     root = Path(root).expanduser()
     if layout == "auto":
-        layout = detect_layout(root, mip)
+        layout = detect_layout(root, mip, split)
     if layout == "scenes":
         images, materials = _load_scenes(root, split, mip, material_mip, check_size)
     elif layout == "numpy":
@@ -486,6 +498,17 @@ def load_multi_illumination(
     return VersionedData(
         images, materials, pairing=pairing, reference_version=reference_version, channels_last=True, augment=augment
     )
+
+
+def _is_complete(path: Path, shape: tuple[int, ...]) -> bool:
+    """True if ``path`` is a uint8 .npy file of exactly ``shape`` (a finished conversion)."""
+    if not path.is_file():
+        return False
+    try:
+        existing = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    return isinstance(existing, np.ndarray) and existing.dtype == np.uint8 and existing.shape == shape
 
 
 def write_numpy_batches(
@@ -504,7 +527,8 @@ def write_numpy_batches(
     ``dataset-<split>-materials-mip-<m>-batch-<j>.npy`` (scenes, H, W) with up to
     ``scenes_per_file`` scenes each (the paper's code: 200). Each file is filled through a
     memory map and renamed into place when complete, so an interrupted conversion leaves no
-    partial file under a final name, and a rerun skips the files that exist. Reading the
+    partial file under a final name, and a rerun skips the files that already hold the
+    expected shape (others are rewritten). Reading the
     arrays afterwards is a memory map instead of 50 JPEG decodes per batch of 25 pairs.
     """
     from ._io import atomic_path
@@ -519,15 +543,17 @@ def write_numpy_batches(
         for j, start in enumerate(range(0, len(images), scenes_per_file)):
             rows = range(start, min(start + scenes_per_file, len(images)))
             targets = (
-                (out / f"dataset-{split}-mip-{mip}-batch-{j}.npy", (len(rows), LIGHTINGS, h, w, 3), images),
-                (out / f"dataset-{split}-materials-mip-{mip}-batch-{j}.npy", (len(rows), h, w), materials),
-            )
-            for path, shape, source in targets:
-                if not path.is_file():
+                (out / f"dataset-{split}-mip-{mip}-batch-{j}.npy", (len(rows), LIGHTINGS, h, w, 3), images.__getitem__),
+                # read(), not indexing: the conversion should not keep every map in the cache.
+                (out / f"dataset-{split}-materials-mip-{mip}-batch-{j}.npy", (len(rows), h, w),
+                 lambda r: materials.read(materials.scenes[r])),
+            )  # fmt: skip
+            for path, shape, read in targets:
+                if not _is_complete(path, shape):
                     with atomic_path(path) as tmp:
                         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                         for i, r in enumerate(rows):
-                            array[i] = source[r]
+                            array[i] = read(r)
                         array.flush()
                         del array
                 written.append(path)

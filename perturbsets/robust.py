@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_path, write_json, write_text
 from .attacks import LatentPGD
-from .config import AttackConfig, RobustConfig, load_config
+from .config import AttackConfig, RobustConfig, load_config, to_dict
 from .data import PairBatch, PairedData
 from .sources import load_splits, load_test
 from .checkpoint import load_checkpoint
@@ -332,7 +332,9 @@ def _certify_fingerprint(model: nn.Module, pset: PerturbationSet, config: Robust
         "alpha": cc.alpha,
         "correction": cc.correction,
         "tau": cc.tau,
+        "batch_size": cc.batch_size,
         "seed": config.seed,
+        "test_data": to_dict(config.evaluation.test or config.data),
     }
 
 

@@ -312,7 +312,9 @@ def _check_version_labels(labels: Any, n: int, image_hw: tuple[int, int]) -> Any
                 f"label maps must have shape ({n}, {image_hw[0]}, {image_hw[1]}) to match {n} examples of "
                 f"{image_hw[0]}x{image_hw[1]} pixels, got {shape}"
             )
-        return labels.detach().cpu() if isinstance(labels, Tensor) else labels
+        # Tensors become int64 now (an uint8 map could not hold IGNORE_INDEX); arrays are
+        # converted batch by batch, since they may be lazy or memory-mapped.
+        return labels.detach().cpu().long() if isinstance(labels, Tensor) else labels
     if len(shape) != 1 or shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (or ({n}, H, W) label maps) to match {n} examples, got {shape}")
     if isinstance(labels, Tensor):
@@ -764,6 +766,7 @@ class JointCropFlip:
         if labels is None:
             return out[:, :c1], out[:, c1:].to(x_tilde.dtype)
         inside_l = inside.to(labels.device)
+        labels = labels.long()  # IGNORE_INDEX (-100) must fit the padding
         cropped = torch.gather(labels.reshape(b, h * w), 1, flat.to(labels.device)).view(b, ch, cw)
         return out[:, :c1], out[:, c1:].to(x_tilde.dtype), cropped.masked_fill(~inside_l, IGNORE_INDEX)
 

@@ -267,3 +267,60 @@ def test_scene_folders_convert_to_the_numpy_layout(scenes, tmp_path):
         b = load_multi_illumination(tmp_path, split, MIP, check_size=False, layout="numpy")
         ba, bb = next(a.batches(64, shuffle=False, seed=0, mode="versions")), next(b.batches(64, shuffle=False, seed=0, mode="versions"))
         assert torch.equal(ba.x, bb.x) and torch.equal(ba.y, bb.y)
+
+
+KEYS = [
+    2, -1, [0, 3, 3], np.array([[1, 2], [0, 4]]), slice(1, 4), (2, 7), (-1, -2), ([0, 4], [3, 24]),
+    (2, [1, 2, 3]), ([0, 1], slice(1, 3)), (slice(None), 3), (slice(1, 3), [0, 5]), (np.array([[0], [2]]), [1, 2]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", KEYS, ids=repr)
+def test_lazy_arrays_index_like_numpy(key):
+    from perturbsets.multi_illumination import RowConcat
+
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 255, (n, LIGHTINGS, 2, 3, 1), dtype=np.uint8) for n in (2, 3)]
+    expected = np.concatenate(parts)[key]
+    got = RowConcat(parts)[key]
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def test_scene_images_index_like_numpy(scenes):
+    data = SceneImages(scenes, sorted(p.name for p in scenes.iterdir() if p.name.startswith("everett")), MIP)
+    full = data[[0, 1]]
+    for key in [(1, [0, 24, 3]), ([0, 1], slice(2, 4)), (-1, -1), ([1, 0], [5, 6])]:
+        assert np.array_equal(data[key], full[key])
+    with pytest.raises(IndexError, match="lighting index out of range"):
+        data[0, 25]
+    with pytest.raises(IndexError, match="np.nonzero"):
+        data[np.array([True, False])]
+
+
+def test_tensor_label_maps_of_any_integer_type_are_padded_with_the_ignore_index():
+    from perturbsets.versions import VersionedData
+
+    versions = torch.rand(3, 4, 3, 8, 8)
+    maps = torch.randint(0, 5, (3, 8, 8), dtype=torch.uint8)
+    data = VersionedData(versions, maps, pairing="with_original", augment=JointCropFlip(pad=3, crop=(8, 8)))
+    y = next(data.batches(3, shuffle=False, seed=0)).y
+    assert y.dtype == torch.int64 and (y == IGNORE_INDEX).any() and ((y >= 0) | (y == IGNORE_INDEX)).all()
+
+
+def test_max_pairs_reads_no_batch_beyond_the_cap(scenes, monkeypatch):
+    data = load_multi_illumination(scenes, "test", MIP, check_size=False)
+    calls = []
+    original = SceneImages.read
+    monkeypatch.setattr(SceneImages, "read", lambda self, s, k: calls.append(k) or original(self, s, k))
+    assert sum(b.x.shape[0] for b in data.evaluation_batches(4, seed=0, max_pairs=8)) == 8
+    assert len(calls) == 16  # two batches of 4 pairs, 2 images each
+
+
+def test_conversion_rewrites_a_file_of_the_wrong_shape(scenes, tmp_path):
+    from perturbsets.multi_illumination import write_numpy_batches
+
+    h, w = mip_shape(MIP)
+    stale = tmp_path / f"dataset-test-mip-{MIP}-batch-0.npy"
+    np.save(stale, np.zeros((1, LIGHTINGS, h, w, 3), np.uint8))
+    write_numpy_batches(scenes, tmp_path, MIP, splits=["test"], check_size=False)
+    assert np.load(stale, mmap_mode="r").shape == (2, LIGHTINGS, h, w, 3)
