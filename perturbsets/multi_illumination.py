@@ -152,7 +152,22 @@ def _rows_and_cols(key: Any, n: int) -> tuple[np.ndarray, np.ndarray | None, tup
     return rows.reshape(-1), cols.reshape(-1), rows.shape
 
 
-class SceneImages:
+class _SceneArray:
+    """What the two lazy scene arrays share: their scenes, MIP level, image size and uint8 dtype."""
+
+    def __init__(self, root: Path, scenes: Sequence[str], mip: int) -> None:
+        self.root, self.scenes, self.mip = Path(root), list(scenes), int(mip)
+        self.height, self.width = mip_shape(mip)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+class SceneImages(_SceneArray):
     """The 25 lightings of scene folders as a lazy (N, 25, H, W, 3) uint8 array.
 
     ``obj[rows, cols]`` with equal-length integer arrays decodes image ``cols[b]`` of scene
@@ -162,20 +177,12 @@ class SceneImages:
     """
 
     def __init__(self, root: Path, scenes: Sequence[str], mip: int, threads: int = 4) -> None:
-        self.root, self.scenes, self.mip = Path(root), list(scenes), int(mip)
-        self.height, self.width = mip_shape(mip)
+        super().__init__(root, scenes, mip)
         self.threads = max(1, int(threads))
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
         return (len(self.scenes), LIGHTINGS, self.height, self.width, 3)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.scenes)
 
     def __repr__(self) -> str:
         return f"SceneImages({len(self.scenes)} scenes at MIP{self.mip} under {self.root})"
@@ -221,7 +228,7 @@ class SceneImages:
         return out.reshape(*shape, self.height, self.width, 3)
 
 
-class SceneMaterials:
+class SceneMaterials(_SceneArray):
     """Material maps of scene folders as a lazy (N, H, W) uint8 array of the 36 classes.
 
     Each map is decoded on first use and then kept in memory.
@@ -233,7 +240,7 @@ class SceneMaterials:
     """
 
     def __init__(self, root: Path, scenes: Sequence[str], mip: int, material_mip: int | None = None) -> None:
-        self.root, self.scenes, self.mip = Path(root), list(scenes), int(mip)
+        super().__init__(root, scenes, mip)
         # Decoded maps are kept (uint8 at the image size: 24 MB for all MIP5 scenes, 380 MB
         # at MIP3): decoding a MIP2 PNG for every example of every batch would dominate.
         self._cache: dict[int, np.ndarray] = {}
@@ -243,18 +250,10 @@ class SceneMaterials:
             raise ValueError(
                 f"material_mip {self.material_mip} is coarser than the images' MIP{self.mip}; use a level <= {self.mip}"
             )
-        self.height, self.width = mip_shape(mip)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (len(self.scenes), self.height, self.width)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.scenes)
 
     def __repr__(self) -> str:
         return f"SceneMaterials({len(self.scenes)} scenes, MIP{self.material_mip} maps at {self.width}x{self.height})"

@@ -34,6 +34,7 @@ from ._names import unknown_name_message
 from .checkpoint import CheckpointError
 from .nets import build_cvae
 from .nets.classifiers import CLASSIFIERS, build_classifier
+from .nets.mi import MIP5_POOL
 from .perturbation_set import PerturbationSet
 
 # Builder options reproducing the authors' models (shared/reference/official-implementation.md
@@ -74,7 +75,7 @@ REFERENCE_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "input_shape": (3, 125, 187),
         "chs": (64, 128, 256, 512, 1024),
         "latent_dim": (128, 64, 32, 16, 16),
-        "pool": ((125, 187), (62, 93), (31, 46), (15, 23), (7, 11)),
+        "pool": MIP5_POOL,
         "distribution": "gaussian",
         "logvar": "scaled_tanh",
     },

@@ -280,19 +280,13 @@ def certify_examples(
     stamp = tsv.with_suffix(".json")
     done = set()
     if tsv.is_file():
-        previous = json.loads(stamp.read_text()) if stamp.is_file() else None
-        if previous != fingerprint:
-            raise ValueError(
-                f"{tsv} holds certificates of another model or other settings ({stamp.name} differs); "
-                "delete it to start afresh, or write to another --out"
-            )
+        _require_same_settings(stamp, fingerprint, tsv)
         _drop_partial_rows(tsv)
         done = {int(row["idx"]) for row in read_certificates(tsv)}
     else:
         write_json(stamp, fingerprint)
         write_text(tsv, "\t".join(CERT_COLUMNS) + "\n")
     limit = cc.max_examples if cc.max_examples is not None else len(data)
-    gen = torch.Generator(device=pset.device)
     for batch in data.batches(config.evaluation.batch_size, shuffle=False, seed=config.seed, device=pset.device):
         y = _labels(batch)
         rows = []
@@ -302,13 +296,8 @@ def certify_examples(
                 break
             if idx in done:
                 continue
-            # Each example's noise depends only on the seed and its index, so a resumed run
-            # writes exactly the rows an uninterrupted run would have written.
-            gen.manual_seed(derive_seed(config.seed, 17, idx))
             began = time.perf_counter()
-            cert = smoothed.certify(
-                batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen, correction=cc.correction, tau=cc.tau
-            )
+            cert = _certify_one(smoothed, batch.x[i : i + 1], idx, config)
             pred, rad, label = int(cert.prediction[0]), float(cert.radius[0]), int(y[i])
             rows.append(f"{idx}\t{label}\t{pred}\t{rad:.6g}\t{int(pred == label)}\t{time.perf_counter() - began:.4g}\n")
             done.add(idx)
@@ -317,6 +306,25 @@ def certify_examples(
         if len(done) >= limit:
             break
     return read_certificates(tsv)
+
+
+def _certify_one(smoothed: SmoothedClassifier, x: Tensor, idx: int, config: RobustConfig) -> Any:
+    """CERTIFY one test input (1, C, H, W) with noise seeded by (seed, idx) alone, so a resumed
+    run writes exactly the certificates an uninterrupted run would have written."""
+    cc = config.evaluation.certify
+    assert cc is not None
+    gen = torch.Generator(device=x.device).manual_seed(derive_seed(config.seed, 17, idx))
+    return smoothed.certify(x, cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen, correction=cc.correction, tau=cc.tau)
+
+
+def _require_same_settings(stamp: Path, fingerprint: dict[str, Any], holder: Path) -> None:
+    """Refuse to resume into ``holder`` unless ``stamp`` records exactly these settings."""
+    previous = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if previous != fingerprint:
+        raise ValueError(
+            f"{holder} holds certificates of another model or other settings ({stamp.name} differs); "
+            "delete it to start afresh, or write to another --out"
+        )
 
 
 def _certify_fingerprint(model: nn.Module, pset: PerturbationSet, config: RobustConfig, sigma: float) -> dict[str, Any]:
@@ -354,15 +362,10 @@ def certify_segmentation(
     fingerprint = _certify_fingerprint(model, pset, config, sigma)
     stamp = folder / "fingerprint.json"
     if stamp.is_file():
-        if json.loads(stamp.read_text()) != fingerprint:
-            raise ValueError(
-                f"{folder} holds certificates of another model or other settings ({stamp.name} differs); "
-                "delete it to start afresh, or write to another --out"
-            )
+        _require_same_settings(stamp, fingerprint, folder)
     else:
         write_json(stamp, fingerprint)
     limit = cc.max_examples if cc.max_examples is not None else len(data)
-    gen = torch.Generator(device=pset.device)
     done: list[Path] = []
     for batch in data.batches(config.evaluation.batch_size, shuffle=False, seed=config.seed, device=pset.device):
         y = _labels(batch)
@@ -372,10 +375,7 @@ def certify_segmentation(
             done.append(path)
             if path.is_file():
                 continue
-            gen.manual_seed(derive_seed(config.seed, 17, idx))
-            cert = smoothed.certify(
-                batch.x[i : i + 1], cc.n0, cc.n, cc.alpha, cc.batch_size, generator=gen, correction=cc.correction, tau=cc.tau
-            )
+            cert = _certify_one(smoothed, batch.x[i : i + 1], idx, config)
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.savez(
                     f,

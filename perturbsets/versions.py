@@ -301,9 +301,10 @@ def _check_version_labels(labels: Any, n: int, image_hw: tuple[int, int]) -> Any
         raise ValueError(f"labels must be an (N,) or (N, H, W) integer array, got {type(labels).__name__}")
     shape = tuple(int(d) for d in labels.shape)
     dtype = labels.dtype
-    is_int = (not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool) if isinstance(
-        labels, Tensor
-    ) else np.dtype(dtype).kind in "iu"
+    if isinstance(labels, Tensor):
+        is_int = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    else:
+        is_int = np.dtype(dtype).kind in "iu"
     if not is_int:
         raise ValueError(f"labels must be integer class indices, got dtype {dtype}")
     if len(shape) == 3:
