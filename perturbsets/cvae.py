@@ -95,7 +95,8 @@ class CVAEOutput:
 class CVAELoss:
     """The negative ELBO of Equation 6, weighted by β.
 
-    total: scalar, mean over the batch of ``reconstruction + beta * kl``.
+    total: scalar, mean over the batch of ``reconstruction + beta * kl`` (for logging and
+        validation: comparable across batch sizes).
     reconstruction: (N,) negative log-likelihood per example, summed over pixels.
     kl: (N,) KL(q ‖ p) per example, summed over latent dimensions.
     """
@@ -103,6 +104,16 @@ class CVAELoss:
     total: Tensor
     reconstruction: Tensor
     kl: Tensor
+
+    @property
+    def objective(self) -> Tensor:
+        """The scalar that training minimises: the β-weighted negative ELBO *summed* over the batch.
+
+        Summing, as Equation 6 sums over the data and the authors' code did, matters for the
+        weight decay: Adam's coupled L2 adds ``weight_decay · θ`` to this gradient, so with a
+        batch mean the same ``weight_decay`` would act B times as strongly.
+        """
+        return self.total * self.kl.shape[0]
 
 
 def kl_divergence(q: Gaussian, p: Gaussian) -> Tensor:
@@ -117,17 +128,23 @@ def kl_divergence(q: Gaussian, p: Gaussian) -> Tensor:
     return per_dim.flatten(1).sum(1)
 
 
-def reconstruction_nll(logits: Tensor, target: Tensor, distribution: Distribution, activation: str = "sigmoid") -> Tensor:
+def reconstruction_nll(
+    logits: Tensor, target: Tensor, distribution: Distribution, activation: str = "sigmoid", variance: float = 1.0
+) -> Tensor:
     """Per-example negative log-likelihood of x̃ under the generator, summed over pixels: (N,).
 
     ``bernoulli``: Σ BCE(sigmoid(logits), x̃) (x̃ may be fractional in [0, 1]).
-    ``gaussian``: Σ (g − x̃)², the plain sum of squared errors used by the paper's code
-    (a Gaussian of variance ½ up to a constant).
+    ``gaussian``: Σ (g − x̃)² / (2·variance), the negative log-density of N(g, variance·I)
+    without its constant. ``variance=1`` is Equation 5's N(g, I); the authors' code summed
+    plain squared errors, which is ``variance=0.5`` (a KL weight twice as large relative
+    to the reconstruction). ``variance`` is ignored for ``bernoulli``.
     """
     if distribution == "bernoulli":
         err = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif distribution == "gaussian":
-        err = (output_activation(logits, activation) - target) ** 2
+        if not variance > 0:
+            raise ValueError(f"the Gaussian likelihood's variance must be > 0, got {variance}")
+        err = (output_activation(logits, activation) - target) ** 2 / (2.0 * variance)
     else:
         raise ValueError(f"unknown distribution {distribution!r}; use one of {DISTRIBUTIONS}")
     return err.flatten(1).sum(1)
@@ -205,8 +222,11 @@ class CVAE(nn.Module):
         logits = self.generator(z, x)
         return CVAEOutput(output_activation(logits, self.output), logits, prior, posterior, z)
 
-    def loss(self, out: CVAEOutput, x_tilde: Tensor, beta: float) -> CVAELoss:
-        """Negative ELBO (Equation 6) with the KL term weighted by ``beta``."""
-        recon = reconstruction_nll(out.logits, x_tilde, self.distribution, self.output)
+    def loss(self, out: CVAEOutput, x_tilde: Tensor, beta: float, *, variance: float = 1.0) -> CVAELoss:
+        """Negative ELBO (Equation 6) with the KL term weighted by ``beta``.
+
+        ``variance``: of the Gaussian likelihood N(g, variance·I) (see :func:`reconstruction_nll`).
+        """
+        recon = reconstruction_nll(out.logits, x_tilde, self.distribution, self.output, variance)
         kl = kl_divergence(out.posterior, out.prior)
         return CVAELoss(total=(recon + beta * kl).mean(), reconstruction=recon, kl=kl)

@@ -9,6 +9,10 @@ Each experiment is a YAML file in ``perturbsets/experiments/``:
 * ``smoke``: overrides, merged into both, that shrink the run to seconds on tiny data.
 
 Strings may use ``{data}`` (the ``--data`` folder) and ``{runs}`` (the ``--out`` folder).
+``--data embedded`` runs the MNIST experiments on the 5,000 real MNIST digits embedded in a
+registry package (source ``mnist5k``, :mod:`perturbsets.embedded`): every MNIST data section
+reads them instead, with the split adapted to 4,000 / 500 (and the fixed 500 test digits);
+the rest of the paper's config is unchanged.
 A run writes into ``<out>/<name>/`` and skips every stage already complete, resuming a
 stage whose checkpoints exist, so an interrupted ``experiments run`` picks up where it
 stopped.
@@ -33,6 +37,8 @@ from .pipeline import SET_DIR, learn_perturbation_set
 from .quality import LABELS, METRICS
 from .robust import RobustReport, reports_to_markdown, robust_evaluate, robust_train
 
+EMBEDDED = "embedded"
+EMBEDDED_SPLIT = {"train": 4000, "val": 500}
 KEYS = ("description", "table", "row", "requires", "perturbation_set", "robust", "smoke")
 
 
@@ -75,8 +81,21 @@ def _substitute(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-def load_experiment(name: str, *, data: str | Path = "data", runs: str | Path = "runs", smoke: bool = False) -> Experiment:
-    """Read experiment ``name``; ``smoke`` applies its smoke overrides."""
+def _to_embedded(value: Any) -> tuple[Any, int]:
+    """``value`` with every MNIST data section reading the embedded digits, and how many it changed."""
+    if isinstance(value, list):
+        items = [_to_embedded(v) for v in value]
+        return [v for v, _ in items], sum(c for _, c in items)
+    if not isinstance(value, dict):
+        return value, 0
+    if value.get("source") == "mnist":
+        rest = {k: v for k, v in value.items() if k not in ("path", "check_size")}
+        return {**rest, "source": "mnist5k", "split": dict(EMBEDDED_SPLIT)}, 1
+    items = {k: _to_embedded(v) for k, v in value.items()}
+    return {k: v for k, (v, _) in items.items()}, sum(c for _, c in items.values())
+
+
+def _read(name: str) -> dict[str, Any]:
     files = _experiment_files()
     if name not in files:
         raise ValueError(unknown_name_message("experiment", name, files))
@@ -84,6 +103,29 @@ def load_experiment(name: str, *, data: str | Path = "data", runs: str | Path = 
     unknown = set(raw) - set(KEYS)
     if unknown:
         raise ConfigError(f"experiment {name}: unknown keys {sorted(unknown)}; valid: {', '.join(KEYS)}")
+    return raw
+
+
+def embedded_experiments() -> list[str]:
+    """The experiments ``--data embedded`` serves: those that read MNIST."""
+    return [n for n in experiment_names() if _to_embedded({k: _read(n).get(k) for k in ("perturbation_set", "robust")})[1]]
+
+
+def load_experiment(name: str, *, data: str | Path = "data", runs: str | Path = "runs", smoke: bool = False) -> Experiment:
+    """Read experiment ``name``; ``smoke`` applies its smoke overrides.
+
+    ``data="embedded"`` reads the embedded MNIST digits in place of MNIST (see the module
+    docstring); an experiment that reads no MNIST is then refused.
+    """
+    raw = _read(name)
+    if str(data) == EMBEDDED:
+        converted, changed = _to_embedded({k: raw.get(k) for k in ("perturbation_set", "robust")})
+        if not changed:
+            raise ValueError(
+                f"--data {EMBEDDED} holds only MNIST digits, and experiment {name!r} reads none; it serves "
+                f"{', '.join(embedded_experiments())}. Give --data the folder holding this experiment's dataset"
+            )
+        raw = {**raw, **converted}
     names = {"data": str(Path(data).expanduser()), "runs": str(Path(runs).expanduser())}
     sections = {}
     for key, cls in (("perturbation_set", Config), ("robust", RobustConfig)):

@@ -5,6 +5,10 @@ data (:class:`~perturbsets.data.PairedData` or :class:`~perturbsets.versions.Ver
 
 * ``digits`` (embedded), ``folder`` and ``npz`` hold one pool of images, split by
   ``split`` into train / val / test from the seed.
+* ``mnist5k`` (5,000 real MNIST digits embedded in a registry package, see
+  :mod:`perturbsets.embedded`) has a fixed stratified 4,000 / 500 / 500 split; ``split``
+  takes a balanced prefix of each part (fractions are of all 5,000 digits; an unset
+  test size is the whole test part).
 * ``mnist``, ``cifar10`` and ``cifar10c`` read the public datasets from ``path`` (see
   :mod:`perturbsets.datasets`); ``split`` divides their training files into train and
   val (the paper: 59,000 / 1,000 for MNIST, 49,000 / 1,000 for CIFAR-10), and the test
@@ -113,6 +117,29 @@ def _multi_illumination(config: Any, split: str) -> Any:
     )
 
 
+def _mnist5k(config: Any, seed: int, value_range) -> DataSplits:
+    """The embedded MNIST digits: balanced prefixes of the fixed train / val / test parts."""
+    from .embedded import MNIST5K_PARTS, load_mnist5k
+
+    total = sum(MNIST5K_PARTS.values())
+    parts = []
+    for i, (name, available) in enumerate(MNIST5K_PARTS.items()):
+        # Like MNIST's official test split, an unset test size means the whole test part.
+        size = config.split.get(name, available if name == "test" else 0)
+        count = int(round(size * total)) if isinstance(size, float) else int(size)
+        if not 1 <= count <= available:
+            raise ValueError(
+                f"data.split.{name} = {size} asks for {count} digits, but the embedded MNIST (source mnist5k) has a "
+                f"fixed {name} part of {available}; give 1 to {available} (fixed parts: {MNIST5K_PARTS})"
+            )
+        images, labels = load_mnist5k(name)
+        # Each part draws its fixed perturbations (RTS-k) from its own stream.
+        part_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        images = _pad_to_canvas(images[:count], config.canvas)
+        parts.append(_clean_pairs(images, torch.from_numpy(labels[:count]), config, part_seed, value_range))
+    return DataSplits(*parts)
+
+
 def load_pairs(config: Any, seed: int) -> PairedData:
     """The single pool of pairs of a ``digits``, ``folder`` or ``npz`` source."""
     value_range = _check_value_range(tuple(config.value_range), "data.value_range")
@@ -150,6 +177,8 @@ def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
     ``data`` (pairs already in memory) replaces the configured source; it is split by
     ``config.split`` deterministically from ``seed``.
     """
+    if config.source == "mnist5k" and data is None:
+        return _mnist5k(config, seed, _check_value_range(tuple(config.value_range), "data.value_range"))
     if data is not None or config.source not in OFFICIAL_TEST:
         data = load_pairs(config, seed) if data is None else data
         return data.split(config.split, seed=seed)

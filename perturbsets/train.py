@@ -1,7 +1,9 @@
 """Training a CVAE on pairs (x, x̃) and turning it into a :class:`PerturbationSet`.
 
 Adam with piecewise-linear learning-rate and β schedules evaluated at the fractional epoch
-of every batch (paper Appendix D.1). Every epoch ends with a validation pass (β at its
+of every batch (paper Appendix D.1). The objective is the negative ELBO summed over the
+batch, as in the paper and the authors' code, so a config's ``weight_decay`` (Adam's
+coupled L2) is the paper's: e.g. 5·10⁻⁷ for Multi-Illumination (Appendix F.1). Every epoch ends with a validation pass (β at its
 final value, so losses are comparable across epochs) and two atomic checkpoints,
 ``checkpoints/latest.safetensors`` and ``checkpoints/best.safetensors``.
 
@@ -96,7 +98,7 @@ def validation_loss(cvae: CVAE, data: PairedData, config: Config, device: torch.
     count = 0
     for batch in data.batches(config.training.batch_size, shuffle=False, seed=config.seed, epoch=0, device=device):
         out = cvae(batch.x, batch.x_tilde, noise=_noise(cvae, batch.x.shape[0], gen, device))
-        loss = cvae.loss(out, batch.x_tilde, beta)
+        loss = cvae.loss(out, batch.x_tilde, beta, variance=config.model.variance)
         n = batch.x.shape[0]
         totals += n * np.array([loss.total.item(), loss.reconstruction.mean().item(), loss.kl.mean().item()])
         count += n
@@ -139,9 +141,9 @@ def train_cvae(
     def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
         beta = tc.beta(t)
         out = cvae(batch.x, batch.x_tilde, noise=_noise(cvae, batch.x.shape[0], gen, device))
-        loss = cvae.loss(out, batch.x_tilde, beta)
+        loss = cvae.loss(out, batch.x_tilde, beta, variance=config.model.variance)
         logs = {"loss": loss.total.item(), "reconstruction": loss.reconstruction.mean().item(), "kl": loss.kl.mean().item(), "beta": beta}
-        return StepOutput(loss.total, logs, batch.x.shape[0])
+        return StepOutput(loss.objective, logs, batch.x.shape[0])
 
     def validate() -> dict[str, float]:
         loss, recon, kl = validation_loss(cvae, splits.val, config, device)

@@ -103,16 +103,29 @@ def test_bernoulli_nll_is_stable_for_extreme_logits():
     assert torch.isfinite(out).all() and out.item() < 1e-20
 
 
-def test_gaussian_nll_is_sum_of_squared_errors():
+@pytest.mark.parametrize("variance", [1.0, 0.5, 3.0])
+def test_gaussian_nll_is_the_normal_log_density_without_its_constant(variance):
+    """Equation 5: p(x̃ | z, x) = N(g, variance·I); variance 1 by default (the paper)."""
     gen = torch.Generator().manual_seed(6)
     logits = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
     target = torch.rand(3, 1, 4, 4, generator=gen, dtype=torch.float64)
-    mean = 1 / (1 + torch.exp(-logits))
-    expected = torch.tensor([float(((mean[i] - target[i]) ** 2).sum()) for i in range(3)], dtype=torch.float64)
-    torch.testing.assert_close(reconstruction_nll(logits, target, "gaussian"), expected)
-    # identity output: no sigmoid, no ½, no log(2π)
-    expected_id = ((logits - target) ** 2).reshape(3, -1).sum(1)
-    torch.testing.assert_close(reconstruction_nll(logits, target, "gaussian", activation="identity"), expected_id)
+    m = 16
+    constant = 0.5 * m * math.log(2 * math.pi * variance)
+    for activation, mean in (("sigmoid", torch.sigmoid(logits)), ("identity", logits)):
+        density = torch.distributions.Normal(mean, math.sqrt(variance))
+        expected = -density.log_prob(target).reshape(3, -1).sum(1) - constant
+        ours = reconstruction_nll(logits, target, "gaussian", activation=activation, variance=variance)
+        torch.testing.assert_close(ours, expected)
+        if variance == 1.0 and activation == "sigmoid":
+            torch.testing.assert_close(reconstruction_nll(logits, target, "gaussian"), expected)
+
+
+def test_gaussian_variance_one_half_is_the_authors_sum_of_squared_errors():
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
+    target = torch.rand(3, 1, 4, 4, generator=gen, dtype=torch.float64)
+    expected = torch.tensor([float(((logits[i] - target[i]) ** 2).sum()) for i in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(reconstruction_nll(logits, target, "gaussian", "identity", variance=0.5), expected)
 
 
 def test_reconstruction_bad_args():
@@ -121,6 +134,8 @@ def test_reconstruction_bad_args():
         reconstruction_nll(x, x, "poisson")
     with pytest.raises(ValueError, match="unknown output activation"):
         reconstruction_nll(x, x, "gaussian", activation="relu")
+    with pytest.raises(ValueError, match="variance must be > 0"):
+        reconstruction_nll(x, x, "gaussian", variance=0.0)
     with pytest.raises(ValueError, match="unknown output activation"):
         output_activation(x, "softmax")
 
@@ -238,7 +253,8 @@ def test_cvae_loss_total_is_mean_of_recon_plus_beta_kl(distribution):
     if distribution == "bernoulli":
         recon = -D.Bernoulli(probs=prob.double()).log_prob(xt.double()).reshape(6, -1).sum(1)
     else:
-        recon = ((prob.double() - xt.double()) ** 2).reshape(6, -1).sum(1)
+        # N(g, I) of Equation 5, without its constant.
+        recon = 0.5 * ((prob.double() - xt.double()) ** 2).reshape(6, -1).sum(1)
     q, p = out.posterior, out.prior
     kl = D.kl_divergence(
         D.Normal(q.mean.double(), q.logvar.double().mul(0.5).exp()), D.Normal(p.mean.double(), p.logvar.double().mul(0.5).exp())
@@ -246,6 +262,7 @@ def test_cvae_loss_total_is_mean_of_recon_plus_beta_kl(distribution):
     torch.testing.assert_close(loss.reconstruction.double(), recon, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss.kl.double(), kl, rtol=1e-4, atol=1e-4)
     assert loss.total.item() == pytest.approx(float((recon + beta * kl).mean()), rel=1e-4)
+    assert loss.objective.item() == pytest.approx(float((recon + beta * kl).sum()), rel=1e-4)
 
 
 def test_cvae_loss_backprop_reaches_all_subnetworks():
