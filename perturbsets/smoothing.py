@@ -63,7 +63,7 @@ class Certificate:
         abstaining.
     p_lower: same shape, float64, the lower bound on the top class's vote probability the
         radius rests on. With ``correction="none"`` the per-pixel one-sided Clopper–Pearson
-        bound at level 1 − α (reported also where abstaining, where it is < 0.5); with
+        bound at level 1 − α (reported also where abstaining, where it is ≤ 0.5); with
         ``"bonferroni"``/``"holm"`` the threshold τ on certified pixels (valid simultaneously
         for all of them) and 0.0 on the others, where nothing is claimed.
     p_value: with ``"bonferroni"``/``"holm"``, the unadjusted one-sided binomial p-values of
@@ -411,7 +411,7 @@ class SmoothedClassifier:
         vote probability is lower-bounded by the one-sided Clopper–Pearson bound p̲ at level
         1 − α. ``correction`` decides what is certified:
 
-        * ``"none"`` (default): abstain where p̲ < ½, else certify radius σ·Φ⁻¹(p̲). Each
+        * ``"none"`` (default): certify radius σ·Φ⁻¹(p̲) where p̲ > ½, else abstain. Each
           input (and, for segmentation, each pixel separately) is wrong with probability
           ≤ α. This per-pixel procedure is what the paper (Appendix F.3) and the authors'
           code used; over the m = H'·W' pixels of an image up to α·m false certificates
@@ -446,7 +446,8 @@ class SmoothedClassifier:
 
         if correction == "none":
             p_lower = clopper_pearson_lower(n_a, n, alpha)
-            certified = p_lower >= 0.5
+            # Algorithm 2: certify only if p̲ > ½ (at p̲ = ½ the radius σ·Φ⁻¹(p̲) would be 0).
+            certified = p_lower > 0.5
             p_value = None
         else:
             family = math.prod(n_a.shape[1:])

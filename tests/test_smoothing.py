@@ -407,6 +407,17 @@ def test_classification_with_correction_is_a_single_threshold_test(pset):
     np.testing.assert_allclose(cert.p_value.numpy(), 0.8**50)
 
 
+def test_certify_abstains_at_a_lower_bound_of_exactly_one_half(pset):
+    """Algorithm 2 certifies only if p̲ > 0.5: one unanimous vote at α = 0.5 gives p̲ = Beta⁻¹(0.5; 1, 1) = 0.5."""
+    assert stats.beta.ppf(0.5, 1, 1) == 0.5
+    cert = SmoothedClassifier(Constant(label=2), pset, 1.0, 4).certify(_inputs(3), 1, 1, 0.5, 8)
+    assert cert.p_lower.tolist() == [0.5] * 3
+    assert cert.prediction.tolist() == [ABSTAIN] * 3 and cert.radius.tolist() == [0.0] * 3
+    # Just above one half, it certifies (with a tiny positive radius).
+    cert = SmoothedClassifier(Constant(label=2), pset, 1.0, 4).certify(_inputs(3), 1, 1, 0.51, 8)
+    assert cert.prediction.tolist() == [2] * 3 and (cert.radius > 0).all()
+
+
 # ---------------------------------------------------------------------------- validation and warnings
 def test_bad_arguments_raise_value_error(pset):
     model = Constant()
