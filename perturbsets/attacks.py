@@ -18,6 +18,9 @@ from .perturbation_set import PerturbationSet
 from .tasks import IGNORE_INDEX, check_labels, eval_mode, per_example_error, per_example_loss
 
 
+SELECTIONS: tuple[str, ...] = ("final", "best")
+
+
 class GradientMaskingWarning(UserWarning):
     """The attack's gradient through the generator is zero: the model may mask gradients."""
 
@@ -54,12 +57,19 @@ class LatentPGD(Attack):
     r"""Projected gradient ascent on the model's loss over the latent ball ‖u‖₂ ≤ ε.
 
     Maximises ℓ(h(g(μ(x) + u·σ(x), x)), y) in the prior coordinates u (before the
-    reparameterisation) with normalised ℓ2 gradient steps u ← Proj_ε(u + α·∇/‖∇‖₂)
-    (Algorithm 1). Each example stops as soon as it is misclassified (for segmentation:
-    once at least ``pixel_fraction`` of its scored pixels are wrong; 1.0 = every pixel),
-    and the returned point is, per example, the misclassifying iterate with the highest
-    loss over all iterates and restarts, or else the iterate with the highest loss. There is no clamp in latent
-    space: the generator's output stays in the data range by construction.
+    reparameterisation) with normalised ℓ2 gradient steps u ← Proj_ε(u + α·∇/‖∇‖₂), each
+    example projected onto its own ball. The defaults are Algorithm 1 exactly: start at
+    u = 0, take all T steps, return the final iterate — the point adversarial training
+    trains on. There is no clamp in latent space: the generator's output stays in the data
+    range by construction.
+
+    For evaluation a stronger variant is usual (the library's robust evaluation uses it):
+    ``early_stop=True`` freezes an example at its first misclassifying iterate (for
+    segmentation: once at least ``pixel_fraction`` of its scored pixels are wrong),
+    ``select="best"`` returns, per example, the misclassifying iterate with the highest
+    loss over all iterates, or else the iterate with the highest loss, and
+    ``random_start``/``restarts`` add uniform starts in the ball (the worst case over the
+    restarts is kept).
 
     Args:
         model: maps (N, C, H, W) in the data range to logits (N, K) or (N, K, H, W).
@@ -68,14 +78,20 @@ class LatentPGD(Attack):
             is refused unless ``allow_larger_radius``.
         steps: T gradient steps (paper: 50 for evaluation, 7 for training).
         step_size: α (default ε/20; the paper trains with ε/5).
-        random_start: start uniformly in the ball (the default, so that restarts differ);
-            ``False`` starts at u = 0 as Algorithm 1 does.
+        random_start: start uniformly in the ball instead of at u = 0.
         restarts: independent random starts; the worst case over them is kept.
         early_stop: stop updating an example once it is misclassified.
+        select: ``"final"`` (Algorithm 1: the last iterate) or ``"best"`` (the worst case
+            over all iterates).
         pixel_fraction: segmentation only, fraction of wrong pixels that counts as success.
         generator: torch generator for the random starts.
 
     Call: ``attack(x, y) -> AttackOutput(x_adv (N, C, H, W), u (N, latent_dim))``.
+
+    Example::
+
+        attack = LatentPGD(model, pset, eps=pset.radius, steps=7, step_size=pset.radius / 5)  # Algorithm 1
+        x_adv, u = attack(x, y)
     """
 
     def __init__(
@@ -85,10 +101,11 @@ class LatentPGD(Attack):
         eps: float | None = None,
         steps: int = 50,
         step_size: float | None = None,
-        random_start: bool = True,
+        random_start: bool = False,
         *,
         restarts: int = 1,
-        early_stop: bool = True,
+        early_stop: bool = False,
+        select: str = "final",
         pixel_fraction: float = 1.0,
         allow_larger_radius: bool = False,
         ignore_index: int = IGNORE_INDEX,
@@ -105,6 +122,10 @@ class LatentPGD(Attack):
             )
         if steps < 0 or restarts < 1:
             raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+        if restarts > 1 and not random_start:
+            raise ValueError(f"restarts={restarts} would repeat the same attack from u = 0; pass random_start=True")
         if not 0 < pixel_fraction <= 1:
             raise ValueError(f"pixel_fraction must lie in (0, 1], got {pixel_fraction}")
         self.eps = eps
@@ -115,6 +136,7 @@ class LatentPGD(Attack):
         self.random_start = random_start
         self.restarts = int(restarts)
         self.early_stop = early_stop
+        self.select = select
         self.pixel_fraction = pixel_fraction
         self.generator = generator
 
@@ -150,21 +172,26 @@ class LatentPGD(Attack):
                 else torch.zeros(n, dim, device=x.device, dtype=x.dtype)
             )
             active = torch.ones(n, dtype=torch.bool, device=x.device)
-            for step in range(self.steps + 1):
+            # Algorithm 1 with one start needs no forward pass at its final iterate.
+            last = self.steps if (self.select == "best" or self.restarts > 1) else self.steps - 1
+            for step in range(last + 1):
                 u.requires_grad_(True)
                 with torch.enable_grad():
                     logits, loss = evaluate(u)
                     grad = torch.autograd.grad(loss.sum(), u)[0] if step < self.steps else None
                 with torch.no_grad():
                     success = self._success(logits, y)
-                    # Success beats failure; among equals the higher loss wins.
-                    better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
-                    best_u[better] = u.detach()[better]
-                    best_loss = torch.where(better, loss.detach(), best_loss)
-                    best_success |= success
                     if self.early_stop:
                         active &= ~success
-                    if grad is None or not active.any():
+                    # Once every example is frozen, u is final.
+                    done = grad is None or not bool(active.any())
+                    if self.select == "best" or done:
+                        # Success beats failure; among equals the higher loss wins.
+                        better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
+                        best_u[better] = u.detach()[better]
+                        best_loss = torch.where(better, loss.detach(), best_loss)
+                        best_success |= success
+                    if done:
                         break
                     norms = latent_norm(grad)
                     if not warned and step == 0 and bool((norms[active] == 0).all()):
@@ -177,6 +204,8 @@ class LatentPGD(Attack):
                         warned = True
                     stepped = u.detach() + self.step_size * grad / norms.clamp_min(1e-12).unsqueeze(1)
                     u = torch.where(active.unsqueeze(1), project(stepped, self.eps), u.detach())
+            if last < self.steps:
+                best_u = u.detach()
         with torch.no_grad():
             x_adv = cvae.generate(to_latent(best_u.view(n, *pset.latent_shape), prior), x)
         return AttackOutput(x_adv.detach(), best_u)

@@ -392,6 +392,11 @@ class AttackConfig:
         evaluation).
     random_start: start uniformly in the ball; the default starts at u = 0 as Algorithm 1
         does (the authors' code drew a random start).
+    early_stop, select: the training attack defaults to Algorithm 1 exactly (every
+        example takes all ``steps``, the final iterate is returned); evaluation
+        (``evaluation.attack``) defaults to the stronger ``early_stop: true`` (freeze an
+        example at its first misclassifying iterate) and ``select: best`` (the worst case
+        over all iterates). See :class:`perturbsets.attacks.LatentPGD`.
     warmup_epochs: adversarial training only: grow the radius linearly from 0 to ``eps``
         over this many epochs (0 = the full radius from the start, as in the paper).
     """
@@ -402,6 +407,8 @@ class AttackConfig:
     step_divisor: float = 5.0
     random_start: bool = False
     restarts: int = 1
+    early_stop: bool = False
+    select: str = "final"
     warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
@@ -412,6 +419,18 @@ class AttackConfig:
         _require(self.restarts == 1 or self.random_start, "restarts > 1 repeat the same attack unless random_start is true")
         _require(self.step_size is None or self.step_size > 0, "step_size must be > 0 or null")
         _require(self.step_divisor > 0, "step_divisor must be > 0")
+        _require(self.select in ("final", "best"), f"select must be 'final' or 'best', got {self.select!r}")
+
+
+@dataclass
+class EvalAttackConfig(AttackConfig):
+    """The evaluation attack: :class:`AttackConfig` with the paper's 50 steps of ε/20, early
+    stopping and the worst iterate (a stronger attack than Algorithm 1's final point)."""
+
+    steps: int = 50
+    step_divisor: float = 20.0
+    early_stop: bool = True
+    select: str = "best"
 
 
 @dataclass
@@ -499,7 +518,7 @@ class RobustEvalConfig:
     """
 
     radii: list[float | str] = field(default_factory=lambda: ["p50", "p75", "max"])
-    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=50, step_divisor=20.0))
+    attack: EvalAttackConfig = field(default_factory=lambda: EvalAttackConfig())
     batch_size: int = 256
     passes: int = 1
     max_pairs: int | None = None

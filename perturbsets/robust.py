@@ -64,8 +64,9 @@ def resolve_radius(pset: PerturbationSet, spec: float | str) -> float:
 def make_attack(model: nn.Module, pset: PerturbationSet, cfg: AttackConfig, eps: float, generator) -> LatentPGD:
     step = cfg.step_size if cfg.step_size is not None else eps / cfg.step_divisor
     return LatentPGD(
-        model, pset, eps, cfg.steps, step, cfg.random_start, restarts=cfg.restarts, generator=generator
-    )
+        model, pset, eps, cfg.steps, step, cfg.random_start,
+        restarts=cfg.restarts, early_stop=cfg.early_stop, select=cfg.select, generator=generator,
+    )  # fmt: skip
 
 
 class InputTransform:

@@ -15,6 +15,8 @@ from perturbsets.latent import latent_norm
 from perturbsets.nets import build_cvae
 from perturbsets.tasks import per_example_loss
 
+from oracles import algorithm_1_loop
+
 
 
 
@@ -93,7 +95,7 @@ def test_pgd_finds_the_brute_force_maximum():
     model = TanhClassifier(4)
     x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    attack = LatentPGD(model, pset, steps=100, step_size=pset.radius / 20, restarts=4, early_stop=False,
+    attack = LatentPGD(model, pset, steps=100, step_size=pset.radius / 20, random_start=True, restarts=4, select="best",
                        generator=torch.Generator().manual_seed(0))
     x_adv, u = attack(x, y)
     with torch.no_grad():
@@ -131,8 +133,25 @@ def test_early_stop_freezes_misclassified_examples():
     x = torch.rand(8, 1, 2, 2)
     with torch.no_grad():
         wrong = model(x).argmax(1).add(1).remainder(3)  # labels that are already misclassified
-    _, u = LatentPGD(model, pset, steps=10, random_start=False)(x, wrong)
+    _, u = LatentPGD(model, pset, steps=10, early_stop=True)(x, wrong)
     assert torch.all(u == 0)
+    _, u = LatentPGD(model, pset, steps=10, early_stop=True, select="best")(x, wrong)
+    assert torch.all(u == 0)
+
+
+def test_defaults_are_algorithm_1_all_steps_and_the_final_point():
+    pset = PerturbationSet(build_cvae("mnist_fc", input_shape=(1, 6, 6), hidden=16, latent_dim=5), radius=2.0)
+    model = TanhClassifier(36, classes=4).double()
+    pset.cvae.double()
+    x = torch.rand(12, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 4, (12,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y[:6] = model(x[:6]).argmax(1).add(1).remainder(4)  # already misclassified: Algorithm 1 still takes every step
+    x_adv, u = LatentPGD(model, pset, eps=1.5, steps=7, step_size=1.5 / 5)(x, y)
+    expected = algorithm_1_loop(model, pset, x, y, 1.5, 7, 1.5 / 5)
+    torch.testing.assert_close(u, expected)
+    torch.testing.assert_close(x_adv, pset.perturb(x, expected))
+    assert (latent_norm(u[:6]) > 0).all()
 
 
 def test_attack_uses_eval_mode_and_restores_training_mode():
@@ -174,7 +193,8 @@ def test_larger_radius_than_the_set_needs_an_explicit_override():
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"eps": 0.0}, "eps must be > 0"), ({"steps": -1}, "steps >= 0"), ({"restarts": 0}, "restarts >= 1"),
-     ({"pixel_fraction": 0.0}, "pixel_fraction"), ({"step_size": -1.0}, "step_size must be > 0")],
+     ({"pixel_fraction": 0.0}, "pixel_fraction"), ({"step_size": -1.0}, "step_size must be > 0"),
+     ({"select": "worst"}, "select must be one of"), ({"restarts": 2}, "pass random_start=True")],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
