@@ -205,6 +205,11 @@ class RobustReport:
     For segmentation the accuracies are pixel accuracies (certified: the fraction of
     pixels certified correct), and ``miou`` holds the mean IoU of the clean, perturbed,
     OOD and PGD predictions under the same keys.
+
+    A ``smoothing`` run is reported as its smoothed classifier, as in Table 9: ``clean`` is
+    the accuracy of CERTIFY's prediction on the certified test inputs, ``perturbed`` and
+    ``ood`` that of PREDICT on x̃ (abstentions count as wrong), and ``base_clean`` the
+    base model's clean accuracy; ``pgd`` attacks the base model.
     """
 
     name: str
@@ -216,6 +221,7 @@ class RobustReport:
     radii: dict[str, float]
     counts: dict[str, int]
     miou: dict[str, float] = dataclasses.field(default_factory=dict)
+    base_clean: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -263,6 +269,43 @@ def pgd_score(model: nn.Module, pset: PerturbationSet, batches, cfg: AttackConfi
         x_adv = attack(batch.x, y).x_adv
         with torch.no_grad():
             scorer.update(model(x_adv), y)
+    return scorer
+
+
+def certify_sigma(config: RobustConfig) -> float:
+    """The smoothing noise level of the evaluation: ``certify.sigma``, else the training σ."""
+    cc = config.evaluation.certify
+    assert cc is not None
+    return cc.sigma if cc.sigma is not None else config.training.sigma
+
+
+def _smoothed_classifier(
+    model: nn.Module, pset: PerturbationSet | None, config: RobustConfig, test: Any, device
+) -> SmoothedClassifier | None:
+    """The smoothed classifier a ``smoothing`` run is evaluated as (Table 9), else ``None``."""
+    if config.training.mode != "smoothing" or pset is None or config.evaluation.certify is None:
+        return None
+    with torch.no_grad():
+        num_classes = model(_first_input(test, device)).shape[1]
+    return SmoothedClassifier(model, pset, certify_sigma(config), num_classes)
+
+
+def predict_score(smoothed: SmoothedClassifier, batches, config: RobustConfig, seed: int) -> Scorer:
+    """Accuracy of the smoothed classifier's PREDICT (Algorithm 2) on each batch's x̃, abstentions wrong.
+
+    PREDICT draws ``certify.n0`` samples per input (the paper predicts with n0 = 100) and
+    answers at level ``certify.alpha``.
+    """
+    cc = config.evaluation.certify
+    assert cc is not None
+    gen = torch.Generator(device=smoothed.perturbation_set.device).manual_seed(seed)
+    scorer = Scorer()
+    for batch in batches:
+        y = _labels(batch)
+        prediction = smoothed.predict(batch.x_tilde, cc.n0, cc.alpha, cc.batch_size, generator=gen).prediction
+        scorer.add_predictions(prediction.to(y.device), y)
+    if scorer.examples == 0:
+        raise ValueError("no test examples to evaluate")
     return scorer
 
 
@@ -466,11 +509,20 @@ def robust_evaluate(
     pairs = lambda data: data.evaluation_batches(  # noqa: E731
         ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs
     )
-    scores["perturbed"] = score(model, pairs(test), lambda b: b.x_tilde)
+    smoothed = _smoothed_classifier(model, pset, config, test, device)
+    if smoothed is None:
+        scores["perturbed"] = score(model, pairs(test), lambda b: b.x_tilde)
+    else:
+        scores["perturbed"] = predict_score(smoothed, pairs(test), config, derive_seed(config.seed, 29))
     if ev.ood is not None:
-        scores["ood"] = score(model, pairs(load_test(ev.ood, config.seed)), lambda b: b.x_tilde)
+        ood_pairs = pairs(load_test(ev.ood, config.seed))
+        if smoothed is None:
+            scores["ood"] = score(model, ood_pairs, lambda b: b.x_tilde)
+        else:
+            scores["ood"] = predict_score(smoothed, ood_pairs, config, derive_seed(config.seed, 31))
     pgd, radii = {}, {}
     certified: dict[str, float] = {}
+    clean = scores["clean"].accuracy
     counts = {"test": scores["clean"].examples, "perturbed": scores["perturbed"].examples}
     if "ood" in scores:
         counts["ood"] = scores["ood"].examples
@@ -483,7 +535,7 @@ def robust_evaluate(
         if radii:
             _plot_adversarial_maps(model, pset, images(), ev.attack, max(radii.values()), out_dir, config.seed)
         if ev.certify is not None:
-            sigma = ev.certify.sigma if ev.certify.sigma is not None else config.training.sigma
+            sigma = certify_sigma(config)
             with torch.no_grad():
                 logits = model(_first_input(test, device))
             if logits.dim() == 4:
@@ -496,11 +548,15 @@ def robust_evaluate(
             accs = certified_accuracy(radii_flat, correct, list(radii.values()))
             certified = {spec: float(a) for spec, a in zip(radii, accs)}
             write_certified_curve(radii_flat, correct, out_dir / "certified_accuracy.png", sigma, pset.radius)
+            if smoothed is not None:
+                # Table 9's clean accuracy is the smoothed classifier's: CERTIFY's prediction, abstentions wrong.
+                clean = float(np.mean(correct))
     miou = {k: v.miou for k, v in scores.items() if v.miou is not None}
     ood = scores["ood"].accuracy if "ood" in scores else None
     report = RobustReport(
-        name or config.name, scores["clean"].accuracy, scores["perturbed"].accuracy, ood, pgd, certified, radii, counts, miou
-    )
+        name or config.name, clean, scores["perturbed"].accuracy, ood, pgd, certified, radii, counts, miou,
+        base_clean=scores["clean"].accuracy if smoothed is not None else None,
+    )  # fmt: skip
     write_json(out_dir / "robust_metrics.json", report.to_dict())
     write_text(out_dir / "robust_table.md", reports_to_markdown([report]))
     return report

@@ -135,15 +135,24 @@ class Scorer:
     def update(self, logits: Tensor, y: Tensor) -> None:
         task = check_labels(logits, y, self.ignore_index)
         prediction = logits.argmax(1)
-        self.examples += y.shape[0]
         if task == "classification":
-            self.correct += int((prediction == y).sum())
-            self.total += y.numel()
+            self.add_predictions(prediction, y)
             return
+        self.examples += y.shape[0]
         batch = confusion_matrix(prediction, y, logits.shape[1], self.ignore_index).cpu()
         self.confusion = batch if self.confusion is None else self.confusion + batch
         self.correct += int(batch.diagonal().sum())
         self.total += int(batch.sum())
+
+    def add_predictions(self, prediction: Tensor, y: Tensor) -> None:
+        """Hard predictions (N,) or (N, H, W), as a smoothed classifier returns them: any value
+        that is not a label (the abstention -1) counts as wrong. No mIoU is kept for them."""
+        if prediction.shape != y.shape:
+            raise ValueError(f"predictions {tuple(prediction.shape)} and labels {tuple(y.shape)} must have the same shape")
+        scored = y != self.ignore_index
+        self.examples += y.shape[0]
+        self.correct += int(((prediction == y) & scored).sum())
+        self.total += int(scored.sum())
 
     @property
     def accuracy(self) -> float:

@@ -257,3 +257,39 @@ def test_adversarial_training_trains_at_the_final_point_of_algorithm_1(set_dir):
     with torch.no_grad():
         assert (model(batch.x).argmax(1) != batch.y).any()  # the batch holds misclassified examples
     assert torch.all((expected.norm(dim=1) - eps).abs() < 1e-4)  # every example went to the boundary
+
+
+def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_path):
+    """Clean = CERTIFY's prediction, perturbed and OOD = PREDICT on x̃, abstentions wrong; PGD attacks the base model."""
+    from perturbsets.smoothing import ABSTAIN, SmoothedClassifier
+
+    certify = {"n0": 12, "n": 30, "alpha": 0.01, "batch_size": 64}
+    cfg = config(set_dir, "smoothing", certify=certify)
+    cfg.training.sigma = 30.0
+    run = robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    model, pset = run.model.eval(), PerturbationSet.load(set_dir)
+    smoothed = SmoothedClassifier(model, pset, 30.0, 3)
+    test = labelled_pairs().split(cfg.data.split, seed=cfg.seed).test
+
+    # Clean: CERTIFY called directly on every test input, with the noise seeded per example.
+    certified = []
+    for batch in test.batches(16, shuffle=False, seed=0):
+        for i, idx in enumerate(batch.index.tolist()):
+            gen = torch.Generator().manual_seed(robust_mod.derive_seed(cfg.seed, 17, idx))
+            cert = smoothed.certify(batch.x[i : i + 1], 12, 30, 0.01, 64, generator=gen)
+            certified.append(int(cert.prediction[0]) == int(batch.y[i]))
+    assert report.clean == pytest.approx(np.mean(certified))
+
+    # Perturbed: PREDICT on every test pair's x̃ with n0 draws; ABSTAIN never counts as correct.
+    gen = torch.Generator().manual_seed(robust_mod.derive_seed(cfg.seed, 29))
+    hits, abstained = [], 0
+    for batch in test.evaluation_batches(cfg.evaluation.batch_size, seed=robust_mod.derive_seed(cfg.seed, 13), passes=1):
+        pred = smoothed.predict(batch.x_tilde, 12, 0.01, 64, generator=gen).prediction
+        hits += (pred == batch.y).tolist()
+        abstained += int((pred == ABSTAIN).sum())
+    assert report.perturbed == pytest.approx(np.mean(hits))
+    assert abstained > 0  # σ = 30 makes the vote split: the columns differ from the base model's
+    with torch.no_grad():
+        base = np.mean([(model(b.x).argmax(1) == b.y).float().mean().item() for b in test.batches(16, shuffle=False, seed=0)])
+    assert report.base_clean == pytest.approx(base)
