@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .cvae import Gaussian
 from .latent import latent_norm, project, sample_uniform_ball, to_latent
 from .perturbation_set import PerturbationSet
 from .tasks import IGNORE_INDEX, check_labels, eval_mode, per_example_error, per_example_loss
@@ -153,13 +154,15 @@ class LatentPGD(Attack):
 
         checked = False
 
-        def evaluate(u: Tensor) -> tuple[Tensor, Tensor]:
+        def evaluate(u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+            """Logits and per-example losses at u for the examples ``idx`` (the active ones)."""
             nonlocal checked
-            logits = model(cvae.generate(to_latent(u.view(n, *pset.latent_shape), prior), x))
+            part = Gaussian(prior.mean[idx], prior.logvar[idx])
+            logits = model(cvae.generate(to_latent(u.view(-1, *pset.latent_shape), part), x[idx]))
             if not checked:
-                check_labels(logits, y, self.ignore_index)
+                check_labels(logits, y[idx], self.ignore_index)
                 checked = True
-            return logits, per_example_loss(logits, y, self.ignore_index)
+            return logits, per_example_loss(logits, y[idx], self.ignore_index)
 
         best_u = torch.zeros(n, dim, device=x.device, dtype=x.dtype)
         best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
@@ -175,26 +178,32 @@ class LatentPGD(Attack):
             # Algorithm 1 with one start needs no forward pass at its final iterate.
             last = self.steps if (self.select == "best" or self.restarts > 1) else self.steps - 1
             for step in range(last + 1):
-                u.requires_grad_(True)
+                # Frozen examples (early stop) cost nothing: only the active ones are evaluated.
+                idx = active.nonzero().squeeze(1)
+                u_a = u[idx].requires_grad_(True)
                 with torch.enable_grad():
-                    logits, loss = evaluate(u)
-                    grad = torch.autograd.grad(loss.sum(), u)[0] if step < self.steps else None
+                    logits, loss = evaluate(u_a, idx)
+                    grad = torch.autograd.grad(loss.sum(), u_a)[0] if step < self.steps else None
                 with torch.no_grad():
-                    success = self._success(logits, y)
+                    u_a, loss = u_a.detach(), loss.detach()
+                    success = self._success(logits, y[idx])
                     if self.early_stop:
-                        active &= ~success
+                        active[idx[success]] = False
                     # Once every example is frozen, u is final.
                     done = grad is None or not bool(active.any())
-                    if self.select == "best" or done:
-                        # Success beats failure; among equals the higher loss wins.
-                        better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
-                        best_u[better] = u.detach()[better]
-                        best_loss = torch.where(better, loss.detach(), best_loss)
-                        best_success |= success
+                    # An example frozen now is at its final iterate: record it for select="final" too.
+                    record = torch.ones_like(success) if (self.select == "best" or done) else success & ~active[idx]
+                    held = best_success[idx]
+                    # Success beats failure; among equals the higher loss wins.
+                    better = record & ((success & ~held) | ((success == held) & (loss > best_loss[idx])))
+                    best_u[idx[better]] = u_a[better]
+                    best_loss[idx[better]] = loss[better]
+                    best_success[idx[record]] |= success[record]
                     if done:
                         break
+                    moving = active[idx]
                     norms = latent_norm(grad)
-                    if not warned and step == 0 and bool((norms[active] == 0).all()):
+                    if not warned and step == 0 and bool((norms[moving] == 0).all()):
                         warnings.warn(
                             "the gradient of the loss through the generator is exactly zero for every example: the model "
                             "may mask gradients (non-differentiable layers, saturated outputs), so this attack finds nothing",
@@ -202,10 +211,10 @@ class LatentPGD(Attack):
                             stacklevel=3,
                         )
                         warned = True
-                    stepped = u.detach() + self.step_size * grad / norms.clamp_min(1e-12).unsqueeze(1)
-                    u = torch.where(active.unsqueeze(1), project(stepped, self.eps), u.detach())
+                    stepped = project(u_a + self.step_size * grad / norms.clamp_min(1e-12).unsqueeze(1), self.eps)
+                    u[idx[moving]] = stepped[moving]
             if last < self.steps:
-                best_u = u.detach()
+                best_u = u
         with torch.no_grad():
             x_adv = cvae.generate(to_latent(best_u.view(n, *pset.latent_shape), prior), x)
         return AttackOutput(x_adv.detach(), best_u)
