@@ -172,7 +172,8 @@ def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") ->
     # Tables 8 and 11 hold the validation latent-norm statistics of the Table 7 and Table 10 sets.
     norms_of = {"Table 8": "Table 7", "Table 11": "Table 10"}
     norms_only = table in norms_of
-    exps = [load_experiment(n, data=data, runs=out) for n in experiment_names()]
+    names = embedded_experiments() if str(data) == EMBEDDED else experiment_names()
+    exps = [load_experiment(n, data=data, runs=out) for n in names]
     exps = [e for e in exps if e.table == norms_of.get(table, table)]
     if not exps:
         tables = sorted({load_experiment(n).table for n in experiment_names()} | set(norms_of))
