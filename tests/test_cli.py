@@ -36,10 +36,13 @@ def test_demo_quick_writes_the_whole_run(demo_dir):
     report = (demo_dir / "report.md").read_text()
     assert "| Model | ε | Enc. AE | PGD AE | EAE | OAE | Recon. err | KL |" in report
     assert "](figures/samples.png)" in report
-    # The robustness half: four training modes, their table, adversarial examples, certification.
+    # The robustness half: five training modes, their table, the claims, adversarial examples, certification.
     assert "## Robustness to the learned set" in report and "](figures/adversarial.png)" in report
+    assert "### The paper's claims, measured" in report and "σ·Φ⁻¹(α^(1/n)) = " in report
     table = (demo_dir / "robust" / "results.md").read_text()
-    for row in ("Standard training", "CVAE data augmentation", "CVAE adversarial training", "Latent randomized smoothing"):
+    rows = ("Standard training", "RTS data augmentation", "CVAE data augmentation", "CVAE adversarial training",
+            "Latent randomized smoothing")  # fmt: skip
+    for row in rows:
         assert f"| {row} |" in table
     assert (demo_dir / "robust" / "smoothing" / "eval" / "certify.tsv").is_file()
 
@@ -133,3 +136,21 @@ def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, 
     assert (tmp_path / "runs" / "mnist-linf-fc" / "metrics.json").is_file()
     # A single named experiment still fails loudly.
     assert main(["experiments", "run", "mi-mip5", "--smoke", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]) == 2
+
+
+def test_demo_claims_are_computed_from_the_measured_figures():
+    from perturbsets.demo import DEMO_MODES, check_claims
+    from perturbsets.robust import RobustReport
+
+    def report(clean, perturbed, p50, certified=None):
+        return RobustReport("m", clean, perturbed, 0.5, {"p50": p50}, {"p50": certified} if certified else {}, {"p50": 1.0}, {})
+
+    figures = [report(0.99, 0.3, 0.1), report(0.98, 0.8, 0.4), report(0.97, 0.5, 0.3), report(0.95, 0.6, 0.7),
+               report(0.9, 0.7, 0.2, certified=0.3)]  # fmt: skip
+    claims = check_claims(dict(zip(DEMO_MODES, figures)))
+    assert [c.holds for c in claims] == [True, True, True, True, True]
+    assert claims[0].measured == "70.0% vs 10.0% (7.0×)"
+    figures[3] = report(0.92, 0.6, 0.25)  # adversarial: 2.5× standard, clean below 93%
+    figures[4] = report(0.9, 0.7, 0.2, certified=0.1)
+    claims = check_claims(dict(zip(DEMO_MODES, figures)))
+    assert [c.holds for c in claims] == [False, False, True, False, False]
