@@ -116,12 +116,16 @@ class RobustTrainResult:
 def load_set(config: RobustConfig, device) -> PerturbationSet | None:
     if config.perturbation_set is None:
         return None
-    return PerturbationSet.load(Path(config.perturbation_set).expanduser(), device=device)
+    pset = PerturbationSet.load(Path(config.perturbation_set).expanduser(), device=device)
+    if config.training.channels_last:
+        pset.cvae.to(memory_format=torch.channels_last)
+    return pset
 
 
 def build_model(config: RobustConfig) -> nn.Module:
     torch.manual_seed(derive_seed(config.seed, 0, 5))
-    return build_classifier(config.model.architecture, **config.model.options)
+    model = build_classifier(config.model.architecture, **config.model.options)
+    return model.to(memory_format=torch.channels_last) if config.training.channels_last else model
 
 
 def _labels(batch: PairBatch) -> Tensor:
