@@ -39,7 +39,7 @@ DEMO_MODES = {
 }
 # Budgets that keep the whole demo within 10 minutes on 2 CPU cores; adversarial training is
 # the dearest (a 7-step attack through the generator per batch).
-DEMO_EPOCHS = {"standard": 8, "perturbed": 8, "cvae_augment": 8, "cvae_adversarial": 5, "smoothing": 8}
+DEMO_EPOCHS = {"standard": 6, "perturbed": 6, "cvae_augment": 6, "cvae_adversarial": 4, "smoothing": 6}
 SHORT_NAMES = {
     "standard": "standard", "perturbed": "RTS aug.", "cvae_augment": "CVAE aug.", "cvae_adversarial": "CVAE adv.",
     "smoothing": "smoothing",

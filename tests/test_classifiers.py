@@ -123,6 +123,8 @@ def test_wideresnet_initialisation(wrn_28_10):
     [
         ("digits_cnn", {}, (2, 1, 28, 28), (2, 10)),
         ("mnist_cnn", {"image_size": 42}, (2, 1, 42, 42), (2, 10)),
+        ("canvas_cnn", {}, (2, 1, 42, 42), (2, 10)),
+        ("canvas_cnn", {"in_channels": 3, "num_classes": 4, "channels": 8}, (1, 3, 17, 30), (1, 4)),
         ("digits_cnn", {"image_size": (28, 42), "in_channels": 3, "num_classes": 5, "width": 64}, (2, 3, 28, 42),
          (2, 5)),
         ("preact_resnet18", {}, (2, 3, 32, 32), (2, 10)),
@@ -162,6 +164,19 @@ def test_digits_cnn_matches_mnistconv_at_28_and_sizes_flatten_at_42():
         mnist(torch.rand(1, 1, 42, 42))
 
 
+def test_canvas_cnn_normalises_each_example_by_itself():
+    """Unlike BatchNorm, an example's logits do not depend on the rest of the batch, in training
+    mode too: what the model computes on generated images is what it computes on real ones."""
+    torch.manual_seed(0)
+    net = build_classifier("canvas_cnn").train()
+    x = torch.rand(1, 1, 42, 42)
+    torch.testing.assert_close(net(x), net(torch.cat([x, torch.rand(5, 1, 42, 42)]))[:1])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert sum(p.numel() for p in net.parameters()) < 100_000
+    with pytest.raises(ValueError, match="channels"):
+        build_classifier("canvas_cnn", channels=0)
+
+
 def test_global_pool_equals_reference_8x8_pool_at_32x32():
     torch.manual_seed(0)
     net = build_classifier("wideresnet", depth=10, widen_factor=2, normalize=False).eval()
@@ -177,6 +192,7 @@ def test_global_pool_equals_reference_8x8_pool_at_32x32():
     "name,options,input_shape",
     [
         ("digits_cnn", {"image_size": 42}, (2, 1, 42, 42)),
+        ("canvas_cnn", {}, (2, 1, 42, 42)),
         ("preact_resnet18", {}, (2, 3, 16, 16)),
         ("wideresnet", {"depth": 16, "widen_factor": 2}, (2, 3, 32, 32)),
         ("unet", {"n_classes": 4}, (2, 3, 33, 35)),

@@ -112,6 +112,36 @@ def digits_cnn(
     )
 
 
+@register_classifier("canvas_cnn")
+def canvas_cnn(*, in_channels: int = 1, num_classes: int = 10, channels: int = 16) -> nn.Module:
+    """A small all-convolutional CNN for objects placed anywhere on a canvas (the RTS canvas).
+
+    Three stages of two 3×3 convolutions (``channels``, 2×, 4×), each followed by a
+    per-example layer norm (GroupNorm with one group) and ReLU — the very first of stride 2 —
+    with 2×2 max pooling between stages, then global max pooling and a linear layer
+    (42×42 → 21 → 10 → 5 → 1; 72k parameters). The pooling makes it invariant to where the
+    digit sits, which ``digits_cnn``'s flatten is not; the normalisation makes it learn
+    rotated, scaled and translated digits in a fraction of the steps. It normalises each
+    example by itself, not by running batch statistics: a model trained only on a
+    generator's (blurrier) images then still reads real ones (4 epochs of CVAE adversarial
+    training on RTS digits: 48% clean accuracy with it, 10% with BatchNorm). Any input size
+    ≥ 4×4.
+    Input (N, in_channels, H, W) in [0, 1]; returns logits (N, num_classes).
+    """
+    _check_positive("canvas_cnn", in_channels=in_channels, num_classes=num_classes, channels=channels)
+    layers: list[nn.Module] = []
+    width_in = in_channels
+    for stage in range(3):
+        width = channels * 2**stage
+        if stage:
+            layers.append(nn.MaxPool2d(2))
+        for j in range(2):
+            conv = nn.Conv2d(width_in if j == 0 else width, width, 3, padding=1, stride=2 if stage == j == 0 else 1, bias=False)
+            layers += [conv, nn.GroupNorm(1, width), nn.ReLU()]
+        width_in = width
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(width_in, num_classes))
+
+
 # --------------------------------------------------------------------------- PreAct ResNet
 
 
