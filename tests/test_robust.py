@@ -293,3 +293,28 @@ def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_p
     with torch.no_grad():
         base = np.mean([(model(b.x).argmax(1) == b.y).float().mean().item() for b in test.batches(16, shuffle=False, seed=0)])
     assert report.base_clean == pytest.approx(base)
+
+
+def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_every_larger_one(set_dir):
+    """Reference: independent attacks at each radius on the whole batch; an example is robust at
+    radius r_k when it survives every attack at radii ≤ r_k (the smaller balls lie inside)."""
+    from perturbsets.attacks import LatentPGD
+    from perturbsets.config import EvalAttackConfig
+
+    pset = PerturbationSet.load(set_dir)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    data = labelled_pairs(n=48, seed=3)
+    cfg = EvalAttackConfig(steps=8)
+    radii = [2.0, 0.3, 1.0]  # any order
+    scorers = robust_mod.pgd_scores(model, pset, data.batches(20, shuffle=False, seed=0), cfg, radii, seed=0)
+    x, y = data.images, data.labels
+    survive = {}
+    for r in radii:
+        x_adv, _ = LatentPGD(model, pset, r, steps=8, step_size=r / 20, early_stop=True, select="best")(x, y)
+        with torch.no_grad():
+            survive[r] = model(x_adv).argmax(1) == y
+    for r, scorer in zip(radii, scorers):
+        robust = torch.stack([survive[q] for q in radii if q <= r]).all(0)
+        assert scorer.examples == 48 and scorer.accuracy == pytest.approx(robust.float().mean().item())
+    assert scorers[1].accuracy >= scorers[2].accuracy >= scorers[0].accuracy
