@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perturbsets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="learn an RTS perturbation set on the embedded digits, evaluate it, write a report")
+    demo = sub.add_parser(
+        "demo", help="learn an RTS set from the embedded MNIST digits, evaluate it, train, attack and certify five models"
+    )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (well under a minute)")
     demo.add_argument("--seed", type=int, default=0)

@@ -282,4 +282,13 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} was written by a newer perturbsets (format {manifest['format_version']}); upgrade the library"
         )
+    weights = manifest.get("weights")
+    name = weights.get("file") if isinstance(weights, dict) else None
+    # Loading reads, and saving over it deletes, the file the manifest names: only a plain
+    # file name inside the set folder is acceptable (no path, no "..").
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(
+            f"{path} names the weights file {name!r}; a manifest may only name a file inside the set folder. "
+            "The manifest was edited or damaged: save the set again"
+        )
     return manifest

@@ -267,6 +267,22 @@ def test_tampered_weights_fail_checksum(tmp_path):
         PerturbationSet.load(d)
 
 
+@pytest.mark.parametrize("name", ["../victim.safetensors", "/tmp/victim.safetensors", "sub/w.safetensors", "..", "", 7])
+def test_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, name):
+    """A tampered manifest must neither make load read, nor save delete, a file outside the set."""
+    d = _pset().save(tmp_path / "set")
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"keep me")
+    manifest = json.loads((d / MANIFEST).read_text())
+    manifest["weights"]["file"] = name
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="only name a file inside the set folder"):
+        PerturbationSet.load(d)
+    with pytest.raises(ValueError, match="only name a file inside the set folder"):
+        _pset().save(d)
+    assert victim.read_bytes() == b"keep me"
+
+
 def test_missing_weights_file(tmp_path):
     d = _pset().save(tmp_path)
     manifest = json.loads((d / MANIFEST).read_text())
