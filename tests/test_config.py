@@ -228,3 +228,20 @@ def test_from_dict_on_sub_configs():
     assert e.pgd_step_size is None
     with pytest.raises(ConfigError, match="'foo'"):
         from_dict(EvaluationConfig, {"foo": 1})
+
+
+def test_training_attack_defaults_to_algorithm_1_and_evaluation_to_the_stronger_attack():
+    from perturbsets.config import AttackConfig, EvalAttackConfig, RobustConfig
+
+    train = AttackConfig()
+    assert (train.random_start, train.early_stop, train.select, train.steps, train.step_divisor) == (False, False, "final", 7, 5.0)
+    evaluation = from_dict(RobustConfig, {"evaluation": {"attack": {"steps": 40}}}).evaluation.attack
+    assert isinstance(evaluation, EvalAttackConfig)
+    assert (evaluation.early_stop, evaluation.select, evaluation.steps, evaluation.step_divisor) == (True, "best", 40, 20.0)
+    with pytest.raises(ConfigError, match="select must be 'final' or 'best'"):
+        from_dict(RobustConfig, {"training": {"attack": {"select": "worst"}}})
+
+
+def test_gaussian_variance_must_be_positive():
+    with pytest.raises(ConfigError, match="variance must be > 0"):
+        from_dict(Config, {"model": {"distribution": "gaussian", "variance": 0.0}})
