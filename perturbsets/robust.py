@@ -585,6 +585,8 @@ def robust_evaluate(
                 # Table 9's clean accuracy is the smoothed classifier's: CERTIFY's prediction, abstentions wrong.
                 clean = float(np.mean(correct))
     miou = {k: v.miou for k, v in scores.items() if v.miou is not None}
+    if smoothed is not None:
+        miou.pop("clean", None)  # the base model's, not the smoothed classifier's
     ood = scores["ood"].accuracy if "ood" in scores else None
     report = RobustReport(
         name or config.name, clean, scores["perturbed"].accuracy, ood, pgd, certified, radii, counts, miou,

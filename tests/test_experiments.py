@@ -49,10 +49,14 @@ def test_smoke_variant_runs(dirs, name):
         assert metrics["radius"] > 0 and metrics["pgd_ae"]["mean"] <= metrics["enc_ae"]["mean"] + 1e-9
     if exp.robust is not None:
         metrics = json.loads((run / "robust" / "eval" / "robust_metrics.json").read_text())
-        assert set(metrics["pgd"]) == set(exp.robust.evaluation.radii)
+        radii = set(exp.robust.evaluation.radii)
+        # Smoothed classifiers are certified (Table 9), the others attacked.
+        smoothed = exp.robust.training.mode == "smoothing" and exp.robust.evaluation.certify is not None
+        assert set(metrics["pgd"]) == (set() if smoothed else radii)
+        assert set(metrics["certified"]) == (radii if smoothed else set())
         assert (metrics["ood"] is not None) == (exp.robust.evaluation.ood is not None)
         if exp.robust.data.source == "multi_illumination":
-            assert set(metrics["miou"]) == {"clean", "perturbed", *exp.robust.evaluation.radii}
+            assert set(metrics["miou"]) == (set() if smoothed else {"clean", "perturbed", *radii})
         if exp.robust.evaluation.certify is not None:
             assert (run / "robust" / "eval" / "certified_accuracy.png").is_file()
 
