@@ -13,8 +13,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(
-        Path(args.out), quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet, robust=not args.skip_robust
-    )
+        Path(args.out), quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet,
+        robust=not args.skip_robust, set_dir=None if args.set is None else Path(args.set),
+    )  # fmt: skip
     return 0
 
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (well under a minute)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--set", default=None, help="a saved 42x42 RTS set to use instead of learning one (robustness half only)")
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--skip-robust", action="store_true", help="only learn and evaluate the perturbation set")

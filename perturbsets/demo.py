@@ -22,7 +22,7 @@ from ._io import write_text
 from .config import CertifyConfig, Config, RobustConfig, Schedule, load_config
 from .sources import load_splits
 from .loop import resolve_device
-from .pipeline import SET_DIR, LearnResult, learn_perturbation_set
+from .pipeline import SET_DIR, learn_perturbation_set
 from .perturbation_set import PerturbationSet
 from .plots import plot_samples
 from .robust import RobustReport, make_attack, reports_to_markdown, resolve_radius, robust_evaluate, robust_train
@@ -237,20 +237,41 @@ def run_robust_demo(
 
 
 def run_demo(
-    out: Path, *, quick: bool = False, seed: int = 0, device: str = "auto", progress: bool = True, robust: bool = True
-) -> LearnResult:
-    """Run the whole pipeline on the embedded MNIST digits and write everything into ``out``."""
-    config = demo_config(quick=quick, seed=seed, device=device)
+    out: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    robust: bool = True,
+    set_dir: Path | None = None,
+) -> None:
+    """Run the whole pipeline on the embedded MNIST digits and write everything into ``out``.
+
+    ``set_dir``: use this saved RTS set (e.g. the 100-epoch ``mnist-rts`` experiment's)
+    instead of learning one, and run only the robustness half with it.
+    """
     began = time.perf_counter()
-    result = learn_perturbation_set(config, out, progress=progress)
-    learned = time.perf_counter() - began
-    print(result.report.to_markdown(config.model.architecture))
-    print(f"perturbation set learned and evaluated in {learned:.0f} s")
+    if set_dir is None:
+        config = demo_config(quick=quick, seed=seed, device=device)
+        result = learn_perturbation_set(config, out, progress=progress)
+        print(result.report.to_markdown(config.model.architecture))
+        print(f"perturbation set learned and evaluated in {time.perf_counter() - began:.0f} s")
+        set_dir, radius = out / SET_DIR, result.perturbation_set.radius
+    else:
+        pset = PerturbationSet.load(set_dir)
+        if pset.input_shape != (1, 42, 42):
+            raise ValueError(
+                f"{set_dir} holds a set for inputs {pset.input_shape}; the demo needs an RTS set on the 42×42 canvas "
+                "(e.g. from `perturbsets experiments run mnist-rts --data embedded`)"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "report.md", f"# Demo with the saved perturbation set {set_dir}\n\nradius ε = {pset.radius:.4g}\n")
+        radius = pset.radius
     if robust:
-        reports, _ = run_robust_demo(out, out / SET_DIR, quick=quick, seed=seed, device=device, progress=progress)
+        reports, _ = run_robust_demo(out, set_dir, quick=quick, seed=seed, device=device, progress=progress)
         print(reports_to_markdown(reports))
     print(
-        f"demo finished in {time.perf_counter() - began:.0f} s: radius ε = {result.perturbation_set.radius:.3g}; "
-        f"report {out / 'report.md'}, perturbation set {out / SET_DIR}"
+        f"demo finished in {time.perf_counter() - began:.0f} s: radius ε = {radius:.3g}; "
+        f"report {out / 'report.md'}, perturbation set {set_dir}"
     )
-    return result

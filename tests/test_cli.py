@@ -154,3 +154,13 @@ def test_demo_claims_are_computed_from_the_measured_figures():
     figures[4] = report(0.9, 0.7, 0.2, certified=0.1)
     claims = check_claims(dict(zip(DEMO_MODES, figures)))
     assert [c.holds for c in claims] == [False, False, True, False, False]
+
+
+def test_demo_reuses_a_saved_set_for_the_robustness_half(demo_dir, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert main(["demo", "--quick", "--set", str(demo_dir / "perturbation_set"), "--out", str(out), "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# Demo with the saved perturbation set {demo_dir / 'perturbation_set'}")
+    assert "### The paper's claims, measured" in report and not (out / "perturbation_set").exists()
+    assert main(["demo", "--set", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
