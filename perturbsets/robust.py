@@ -540,16 +540,16 @@ def robust_evaluate(
         ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs
     )
     smoothed = _smoothed_classifier(model, pset, config, test, device)
-    if smoothed is None:
-        scores["perturbed"] = score(model, pairs(test), lambda b: b.x_tilde)
-    else:
-        scores["perturbed"] = predict_score(smoothed, pairs(test), config, derive_seed(config.seed, 29))
-    if ev.ood is not None:
-        ood_pairs = pairs(load_test(ev.ood, config.seed))
+
+    def perturbed_score(batches, stream: int) -> Scorer:
+        """Accuracy on the pairs' x̃: of the model, or of the smoothed classifier's PREDICT."""
         if smoothed is None:
-            scores["ood"] = score(model, ood_pairs, lambda b: b.x_tilde)
-        else:
-            scores["ood"] = predict_score(smoothed, ood_pairs, config, derive_seed(config.seed, 31))
+            return score(model, batches, lambda b: b.x_tilde)
+        return predict_score(smoothed, batches, config, derive_seed(config.seed, stream))
+
+    scores["perturbed"] = perturbed_score(pairs(test), 29)
+    if ev.ood is not None:
+        scores["ood"] = perturbed_score(pairs(load_test(ev.ood, config.seed)), 31)
     pgd, radii = {}, {}
     certified: dict[str, float] = {}
     clean = scores["clean"].accuracy
