@@ -14,9 +14,9 @@ import time
 import torch
 
 from perturbsets import PerturbationSet
-from perturbsets.nets import build_cvae
+from perturbsets.cvae.registry import build_cvae
 from perturbsets.perturbations import RTS, linf_noise
-from perturbsets.quality import approximation_errors
+from perturbsets.core.quality import approximation_errors
 
 
 def _sync(device: torch.device) -> None:

@@ -29,9 +29,10 @@ import torch
 from scipy import stats
 
 from perturbsets import PerturbationSet
-from perturbsets.multi_illumination import mip_shape
-from perturbsets.nets import build_classifier, build_cvae
-from perturbsets.smoothing import SmoothedClassifier, clopper_pearson_lower
+from perturbsets.datasets.multi_illumination import mip_shape
+from perturbsets.classifiers.architectures import build_classifier
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.certify.smoothing import SmoothedClassifier, clopper_pearson_lower
 
 PAPER_BATCH = {5: 64, 4: 32, 3: 16}
 GIB = 2**30
@@ -136,9 +137,9 @@ def loading(batches: int = 10, batch_size: int = 64) -> None:
     """Training batches per second from scene folders (JPEG decoding) and from the numpy batch files."""
     import tempfile
 
-    from perturbsets.multi_illumination import load_multi_illumination, write_numpy_batches
-    from perturbsets.tiny_datasets import write_tiny_multi_illumination
-    from perturbsets.versions import JointCropFlip
+    from perturbsets.datasets.multi_illumination import load_multi_illumination, write_numpy_batches
+    from perturbsets.datasets.tiny import write_tiny_multi_illumination
+    from perturbsets.pairs.versioned import JointCropFlip
 
     with tempfile.TemporaryDirectory() as tmp:
         scenes = write_tiny_multi_illumination(Path(tmp) / "scenes", np.random.default_rng(0), mip=5, scenes={"train": 40})

@@ -6,6 +6,6 @@ S(x) = {g(μ(x) + u·σ(x), x) : ‖u‖₂ ≤ ε} → quality report, attacks 
 
 __version__ = "0.1.0"
 
-from .perturbation_set import PerturbationSet  # noqa: E402
+from perturbsets.core.perturbation_set import PerturbationSet  # noqa: E402
 
 __all__ = ["PerturbationSet", "__version__"]

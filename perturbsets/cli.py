@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from perturbsets import __version__
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from perturbsets.workflows.demo import run_demo
 
     run_demo(
         Path(args.out), quick=args.quick, seed=args.seed, device=args.device, progress=not args.quiet,
@@ -20,8 +20,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pipeline import learn_perturbation_set
+    from perturbsets.config.schema import load_config
+    from perturbsets.workflows.learn import learn_perturbation_set
 
     config = load_config(args.config)
     result = learn_perturbation_set(config, args.out, resume=args.resume, progress=not args.quiet)
@@ -31,8 +31,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pipeline import evaluate_saved_set
+    from perturbsets.config.schema import load_config
+    from perturbsets.workflows.learn import evaluate_saved_set
 
     config = load_config(args.config)
     report = evaluate_saved_set(args.set, config, args.out, progress=not args.quiet)
@@ -42,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _robust_train(args: argparse.Namespace) -> int:
-    from .robust import load_robust_config, robust_evaluate, robust_train
+    from perturbsets.training.robust import load_robust_config, robust_evaluate, robust_train
 
     config = load_robust_config(args.config)
     result = robust_train(config, args.out, resume=args.resume, progress=not args.quiet)
@@ -54,7 +54,7 @@ def _robust_train(args: argparse.Namespace) -> int:
 
 
 def _robust_eval(args: argparse.Namespace) -> int:
-    from .robust import load_robust_config, robust_evaluate
+    from perturbsets.training.robust import load_robust_config, robust_evaluate
 
     config = load_robust_config(args.config)
     robust_evaluate(config, args.run, args.out, progress=not args.quiet)
@@ -64,7 +64,7 @@ def _robust_eval(args: argparse.Namespace) -> int:
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    from . import experiments
+    from perturbsets.workflows import experiments
 
     if args.action == "list":
         for name in experiments.experiment_names():
@@ -73,7 +73,7 @@ def _experiments(args: argparse.Namespace) -> int:
             print(f"{name:<30} {exp.table:<8} {exp.row}{needs}")
         return 0
     if args.action == "make-tiny-data":
-        from .tiny_datasets import write_tiny_datasets
+        from perturbsets.datasets.tiny import write_tiny_datasets
 
         print(f"tiny MNIST, CIFAR-10, CIFAR-10-C and Multi-Illumination copies written to {write_tiny_datasets(args.out)}")
         return 0
@@ -106,7 +106,7 @@ def _experiments(args: argparse.Namespace) -> int:
 
 
 def _make_mi_arrays(args: argparse.Namespace) -> int:
-    from .multi_illumination import write_numpy_batches
+    from perturbsets.datasets.multi_illumination import write_numpy_batches
 
     paths = write_numpy_batches(
         args.data, args.out, args.mip, material_mip=args.material_mip, check_size=not args.no_check_size
@@ -116,8 +116,8 @@ def _make_mi_arrays(args: argparse.Namespace) -> int:
 
 
 def _make_cifar10c(args: argparse.Namespace) -> int:
-    from .corruptions import CORRUPTIONS, load_frost_textures, make_corrupted_split
-    from .datasets import load_cifar10
+    from perturbsets.datasets.cifar10c_generator import CORRUPTIONS, load_frost_textures, make_corrupted_split
+    from perturbsets.datasets.formats import load_cifar10
 
     images, labels = load_cifar10(args.cifar, args.split, check_size=not args.any_size)
     hwc = images.transpose(0, 2, 3, 1)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._names import Registry
+from perturbsets._util.registry import Registry
 
 __all__ = [
     "Perturbation",

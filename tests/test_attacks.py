@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from perturbsets import PerturbationSet
-from perturbsets.attacks import GradientMaskingWarning, LatentPGD
-from perturbsets.cvae import CVAE
-from perturbsets.latent import latent_norm
-from perturbsets.nets import build_cvae
-from perturbsets.tasks import per_example_loss
+from perturbsets.attacks.latent_pgd import GradientMaskingWarning, LatentPGD
+from perturbsets.cvae.model import CVAE
+from perturbsets.core.latent import latent_norm
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.classifiers.scoring import per_example_loss
 
 from oracles import algorithm_1_loop
 

@@ -9,9 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from perturbsets import checkpoint as ckpt
-from perturbsets.checkpoint import CheckpointError, load_checkpoint, read_safetensors, save_checkpoint, sha256_file
-from perturbsets.nets import build_cvae
+from perturbsets._util import checkpoint as ckpt
+from perturbsets._util.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_safetensors,
+    save_checkpoint,
+    sha256_file,
+)
+from perturbsets.cvae.registry import build_cvae
 
 
 
@@ -180,7 +186,7 @@ def test_crash_midway_through_writing_leaves_existing_checkpoint_intact(tmp_path
 def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
     from safetensors.torch import save_file
 
-    from perturbsets.checkpoint import read_safetensors
+    from perturbsets._util.checkpoint import read_safetensors
 
     # The first byte of a safetensors file is the low byte of its header length; find a
     # key length that makes it 0x80, the first byte of every modern pickle.

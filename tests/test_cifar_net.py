@@ -9,9 +9,9 @@ import torch
 from conftest import reference_listing
 from torch import nn
 
-from perturbsets.cvae import CVAE, LOGVAR_MAX, LOGVAR_MIN, ScaledTanh
-from perturbsets.nets import build_cvae
-from perturbsets.nets.cifar import ResidualBlock
+from perturbsets.cvae.model import CVAE, LOGVAR_MAX, LOGVAR_MIN, ScaledTanh
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.cvae.cifar import ResidualBlock
 
 
 @pytest.fixture(scope="module")

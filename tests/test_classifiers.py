@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perturbsets.nets import classifiers
-from perturbsets.nets.classifiers import (
+from perturbsets.classifiers import architectures as classifiers
+from perturbsets.classifiers.architectures import (
     CLASSIFIERS,
     BasicBlock,
     Normalize,

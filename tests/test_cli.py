@@ -10,7 +10,7 @@ import yaml
 
 from perturbsets import PerturbationSet
 from perturbsets.cli import main
-from perturbsets.data import load_digits
+from perturbsets.pairs.paired import load_digits
 
 METRIC_KEYS = {"radius", "enc_ae", "pgd_ae", "eae", "oae", "recon", "kl", "latent_norms"}
 
@@ -124,8 +124,8 @@ def test_unknown_data_source(tmp_path, capsys):
 def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    from perturbsets import experiments
-    from perturbsets.tiny_datasets import write_tiny_mnist
+    from perturbsets.workflows import experiments
+    from perturbsets.datasets.tiny import write_tiny_mnist
 
     write_tiny_mnist(tmp_path / "data", 80, 12, np.random.default_rng(0))  # MNIST only, no Multi-Illumination
     monkeypatch.setattr(experiments, "experiment_names", lambda: ["mi-cvae-augmentation", "mnist-linf-fc"])
@@ -139,8 +139,8 @@ def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, 
 
 
 def test_demo_claims_are_computed_from_the_measured_figures():
-    from perturbsets.demo import DEMO_MODES, check_claims
-    from perturbsets.robust import RobustReport
+    from perturbsets.workflows.demo import DEMO_MODES, check_claims
+    from perturbsets.training.robust import RobustReport
 
     def report(clean, perturbed, p50, certified=None):
         return RobustReport("m", clean, perturbed, 0.5, {"p50": p50}, {"p50": certified} if certified else {}, {"p50": 1.0}, {})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from perturbsets.config import (
+from perturbsets.config.schema import (
     Config,
     ConfigError,
     DataConfig,
@@ -231,7 +231,7 @@ def test_from_dict_on_sub_configs():
 
 
 def test_training_attack_defaults_to_algorithm_1_and_evaluation_to_the_stronger_attack():
-    from perturbsets.config import AttackConfig, EvalAttackConfig, RobustConfig
+    from perturbsets.config.schema import AttackConfig, EvalAttackConfig, RobustConfig
 
     train = AttackConfig()
     assert (train.random_start, train.early_stop, train.select, train.steps, train.step_divisor) == (False, False, "final", 7, 5.0)

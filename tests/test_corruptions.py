@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-import perturbsets.corruptions as C
-from perturbsets.corruptions import (
+from perturbsets.datasets import cifar10c_generator as C
+from perturbsets.datasets.cifar10c_generator import (
     CORRUPTIONS,
     OOD_CORRUPTIONS,
     PARAMETERS,

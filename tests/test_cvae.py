@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributions as D
 
-from perturbsets.cvae import (
+from perturbsets.cvae.model import (
     CVAE,
     CVAELoss,
     CVAEOutput,
@@ -19,7 +19,7 @@ from perturbsets.cvae import (
     output_activation,
     reconstruction_nll,
 )
-from perturbsets.nets import build_cvae
+from perturbsets.cvae.registry import build_cvae
 
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits as sk_load_digits
 
-from perturbsets.data import DataSplits, PairBatch, PairedData, load_digits, load_pair_folder
+from perturbsets.pairs.paired import DataSplits, PairBatch, PairedData, load_digits, load_pair_folder
 from perturbsets.perturbations import RTS, LinfNoise
 
 # --------------------------------------------------------------------------- fixtures

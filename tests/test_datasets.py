@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from perturbsets.datasets import (
+from perturbsets.datasets.formats import (
     ALL_CORRUPTIONS,
     OOD_CORRUPTIONS,
     TRAIN_CORRUPTIONS,
@@ -33,7 +33,7 @@ from perturbsets.datasets import (
     load_mnist,
     read_idx,
 )
-from perturbsets.versions import JointCropFlip, LazyStack, VersionedData
+from perturbsets.pairs.versioned import JointCropFlip, LazyStack, VersionedData
 
 RNG = np.random.default_rng(0)
 

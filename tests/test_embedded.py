@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import perturbsets.embedded as embedded
+from perturbsets.datasets import embedded as embedded
 from perturbsets.cli import main
-from perturbsets.config import ConfigError, DataConfig
-from perturbsets.embedded import EmbeddedDataError, load_mnist5k
-from perturbsets.experiments import embedded_experiments, load_experiment
-from perturbsets.sources import load_splits
+from perturbsets.config.schema import ConfigError, DataConfig
+from perturbsets.datasets.embedded import EmbeddedDataError, load_mnist5k
+from perturbsets.workflows.experiments import embedded_experiments, load_experiment
+from perturbsets.workflows.sources import load_splits
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,14 @@ import json
 import pytest
 
 from perturbsets.cli import main
-from perturbsets.config import ConfigError
-from perturbsets.experiments import experiment_names, load_experiment, run_experiment, table_markdown
-from perturbsets.tiny_datasets import write_tiny_datasets
+from perturbsets.config.schema import ConfigError
+from perturbsets.workflows.experiments import (
+    experiment_names,
+    load_experiment,
+    run_experiment,
+    table_markdown,
+)
+from perturbsets.datasets.tiny import write_tiny_datasets
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +102,7 @@ def test_missing_dataset_files_are_named(tmp_path):
 
 def test_experiment_files_are_strict(tmp_path):
     with pytest.raises(ConfigError):
-        from perturbsets.config import Config, from_dict
+        from perturbsets.config.schema import Config, from_dict
 
         from_dict(Config, {"data": {"source": "mnist", "pairng": "centered"}})
 
@@ -113,7 +118,7 @@ def test_table_8_reports_latent_norm_statistics(dirs):
 def test_make_cifar10c_writes_readable_layouts(tmp_path):
     import shutil
 
-    from perturbsets.datasets import load_cifar10c, load_cifar10c_versioned
+    from perturbsets.datasets.formats import load_cifar10c, load_cifar10c_versioned
 
     data = write_tiny_datasets(tmp_path / "d", n_train=20, n_test=6)
     shutil.rmtree(data / "cifar-10-c-train")

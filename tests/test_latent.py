@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from perturbsets.cvae import Gaussian
-from perturbsets.latent import (
+from perturbsets.cvae.model import Gaussian
+from perturbsets.core.latent import (
     from_latent,
     latent_norm,
     project,

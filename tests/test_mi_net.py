@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import reference_listing
 
-from perturbsets.cvae import LOGVAR_MAX, LOGVAR_MIN
-from perturbsets.nets import build_cvae
+from perturbsets.cvae.model import LOGVAR_MAX, LOGVAR_MIN
+from perturbsets.cvae.registry import build_cvae
 
 SMALL = dict(chs=[8, 8, 8, 8, 8], latent_dim=[4, 4, 2, 2, 2], pool=[[31, 46], [15, 23], [7, 11], [3, 5], [1, 2]])
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import reference_listing
 
-from perturbsets.config import Config, ConfigError, RobustConfig, from_dict
-from perturbsets.experiments import load_experiment, run_experiment, table_markdown
-from perturbsets.nets import build_cvae
-from perturbsets.perturbation_set import PerturbationSet
-from perturbsets.pipeline import learn_perturbation_set
-from perturbsets.reference import REFERENCE_ARCHITECTURES
-from perturbsets.robust import certify_segmentation, robust_evaluate, robust_train
-from perturbsets.sources import load_splits
-from perturbsets.tasks import IGNORE_INDEX
-from perturbsets.tiny_datasets import write_tiny_multi_illumination
+from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
+from perturbsets.workflows.experiments import load_experiment, run_experiment, table_markdown
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.workflows.learn import learn_perturbation_set
+from perturbsets.interop.reference import REFERENCE_ARCHITECTURES
+from perturbsets.training.robust import certify_segmentation, robust_evaluate, robust_train
+from perturbsets.workflows.sources import load_splits
+from perturbsets.classifiers.scoring import IGNORE_INDEX
+from perturbsets.datasets.tiny import write_tiny_multi_illumination
 
 SMALL = {"chs": [8, 8, 8, 8, 8], "latent_dim": [4, 4, 2, 2, 2], "pool": [[31, 46], [15, 23], [7, 11], [3, 5], [1, 2]]}
 
@@ -161,7 +161,7 @@ def test_fixed_lighting_baseline_trains_on_lighting_zero_only(root):
 
 
 def test_tables_10_and_11(tmp_path):
-    from perturbsets.tiny_datasets import write_tiny_datasets
+    from perturbsets.datasets.tiny import write_tiny_datasets
 
     data = write_tiny_datasets(tmp_path / "data")
     runs = tmp_path / "runs"

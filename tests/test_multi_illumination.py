@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from perturbsets.datasets import DatasetFormatError
-from perturbsets.multi_illumination import (
+from perturbsets.datasets.formats import DatasetFormatError
+from perturbsets.datasets.multi_illumination import (
     LIGHTINGS,
     MATERIALS,
     PALETTE,
@@ -18,9 +18,9 @@ from perturbsets.multi_illumination import (
     remap_materials,
     split_scenes,
 )
-from perturbsets.tasks import IGNORE_INDEX
-from perturbsets.tiny_datasets import write_tiny_multi_illumination
-from perturbsets.versions import JointCropFlip
+from perturbsets.classifiers.scoring import IGNORE_INDEX
+from perturbsets.datasets.tiny import write_tiny_multi_illumination
+from perturbsets.pairs.versioned import JointCropFlip
 
 # The 36 classes as listed in shared/reference/official-implementation.md §4.6.
 REFERENCE_CLASSES = (
@@ -277,7 +277,7 @@ KEYS = [
 
 @pytest.mark.parametrize("key", KEYS, ids=repr)
 def test_lazy_arrays_index_like_numpy(key):
-    from perturbsets.multi_illumination import RowConcat
+    from perturbsets.datasets.multi_illumination import RowConcat
 
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 255, (n, LIGHTINGS, 2, 3, 1), dtype=np.uint8) for n in (2, 3)]
@@ -298,7 +298,7 @@ def test_scene_images_index_like_numpy(scenes):
 
 
 def test_tensor_label_maps_of_any_integer_type_are_padded_with_the_ignore_index():
-    from perturbsets.versions import VersionedData
+    from perturbsets.pairs.versioned import VersionedData
 
     versions = torch.rand(3, 4, 3, 8, 8)
     maps = torch.randint(0, 5, (3, 8, 8), dtype=torch.uint8)
@@ -317,7 +317,7 @@ def test_max_pairs_reads_no_batch_beyond_the_cap(scenes, monkeypatch):
 
 
 def test_conversion_rewrites_a_file_of_the_wrong_shape(scenes, tmp_path):
-    from perturbsets.multi_illumination import write_numpy_batches
+    from perturbsets.datasets.multi_illumination import write_numpy_batches
 
     h, w = mip_shape(MIP)
     stale = tmp_path / f"dataset-test-mip-{MIP}-batch-0.npy"

@@ -8,10 +8,10 @@ from conftest import reference_listing
 import torch
 import torch.nn.functional as F
 
-from perturbsets import nets
-from perturbsets.cvae import CVAE, ScaledTanh
-from perturbsets.nets import CVAE_ARCHITECTURES, build_cvae, register_cvae
-from perturbsets.nets.mnist import SpatialTransformer
+from perturbsets.cvae import mnist
+from perturbsets.cvae.model import CVAE, ScaledTanh
+from perturbsets.cvae.registry import CVAE_ARCHITECTURES, build_cvae, register_cvae
+from perturbsets.cvae.mnist import SpatialTransformer
 
 
 
@@ -161,14 +161,14 @@ def test_bad_input_shapes():
 def test_register_cvae_duplicate_and_new():
     with pytest.raises(ValueError, match="already registered"):
         register_cvae("mnist_fc")(lambda **kw: None)
-    assert CVAE_ARCHITECTURES["mnist_fc"] is nets.mnist.mnist_fc  # unchanged
+    assert CVAE_ARCHITECTURES["mnist_fc"] is mnist.mnist_fc  # unchanged
 
     name = "_test_only_tiny"
     try:
 
         @register_cvae(name)
         def tiny(*, latent_dim: int = 2) -> CVAE:
-            return nets.mnist.mnist_fc(input_shape=(1, 4, 4), hidden=4, latent_dim=latent_dim)
+            return mnist.mnist_fc(input_shape=(1, 4, 4), hidden=4, latent_dim=latent_dim)
 
         assert build_cvae(name, latent_dim=3).latent_shape == (3,)
         with pytest.raises(ValueError, match="'hidden'"):

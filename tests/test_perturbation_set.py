@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from perturbsets import __version__
-from perturbsets.checkpoint import CheckpointError
-from perturbsets.cvae import CVAE
-from perturbsets.latent import sample_truncated_normal
-from perturbsets.nets import build_cvae
-from perturbsets.nets.mnist import FCEncoder, FCGenerator
-from perturbsets.perturbation_set import MANIFEST, PerturbationSet
+from perturbsets._util.checkpoint import CheckpointError
+from perturbsets.cvae.model import CVAE
+from perturbsets.core.latent import sample_truncated_normal
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.cvae.mnist import FCEncoder, FCGenerator
+from perturbsets.core.perturbation_set import MANIFEST, PerturbationSet
 
 
 

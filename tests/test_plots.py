@@ -8,7 +8,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-from perturbsets import plots
+from perturbsets.reports import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -324,7 +324,7 @@ def test_plot_samples_column_labels(tmp_path):
 
 
 def test_colorize_labels_fixed_colours_and_ignored_pixels():
-    from perturbsets.plots import colorize_labels
+    from perturbsets.reports.plots import colorize_labels
 
     maps = np.array([[[0, 1], [35, -100]]])
     rgb = colorize_labels(maps, 36)
@@ -336,7 +336,7 @@ def test_colorize_labels_fixed_colours_and_ignored_pixels():
 
 
 def test_plot_segmentation_writes_a_png(tmp_path):
-    from perturbsets.plots import plot_segmentation
+    from perturbsets.reports.plots import plot_segmentation
 
     rng = np.random.default_rng(0)
     x = rng.random((2, 3, 12, 18))

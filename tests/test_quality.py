@@ -11,10 +11,10 @@ import torch
 import torch.distributions as D
 import torch.nn.functional as F
 
-from perturbsets.latent import sample_truncated_normal
-from perturbsets.nets import build_cvae
-from perturbsets.perturbation_set import PerturbationSet
-from perturbsets.quality import (
+from perturbsets.core.latent import sample_truncated_normal
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.core.quality import (
     LABELS,
     METRICS,
     QualityReport,
@@ -23,7 +23,7 @@ from perturbsets.quality import (
     latent_pgd,
     pixel_error,
 )
-from perturbsets.radius import norm_statistics
+from perturbsets.core.radius import norm_statistics
 
 
 

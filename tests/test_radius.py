@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from perturbsets.nets import build_cvae
-from perturbsets.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.core.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
 
 
 

@@ -11,9 +11,10 @@ from conftest import reference_listing
 from torch import nn
 
 from perturbsets import PerturbationSet
-from perturbsets.checkpoint import CheckpointError
-from perturbsets.nets import build_classifier, build_cvae
-from perturbsets.reference import (
+from perturbsets._util.checkpoint import CheckpointError
+from perturbsets.classifiers.architectures import build_classifier
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.interop.reference import (
     REFERENCE_ARCHITECTURES,
     classifier_from_reference,
     load_reference_state_dict,

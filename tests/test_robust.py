@@ -10,14 +10,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import perturbsets.robust as robust_mod
+from perturbsets.training import robust as robust_mod
 from perturbsets import PerturbationSet
-from perturbsets.attacks import AttackOutput
+from perturbsets.attacks.latent_pgd import AttackOutput
 from perturbsets.cli import main
-from perturbsets.config import ConfigError, RobustConfig, from_dict, to_dict
-from perturbsets.data import PairedData
-from perturbsets.nets import build_cvae
-from perturbsets.robust import read_certificates, reports_to_markdown, resolve_radius, robust_evaluate, robust_train
+from perturbsets.config.schema import ConfigError, RobustConfig, from_dict, to_dict
+from perturbsets.pairs.paired import PairedData
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.training.robust import (
+    read_certificates,
+    reports_to_markdown,
+    resolve_radius,
+    robust_evaluate,
+    robust_train,
+)
 
 from oracles import algorithm_1_loop
 
@@ -261,7 +267,7 @@ def test_adversarial_training_trains_at_the_final_point_of_algorithm_1(set_dir):
 
 def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_path):
     """Clean = CERTIFY's prediction, perturbed and OOD = PREDICT on x̃, abstentions wrong; PGD attacks the base model."""
-    from perturbsets.smoothing import ABSTAIN, SmoothedClassifier
+    from perturbsets.certify.smoothing import ABSTAIN, SmoothedClassifier
 
     certify = {"n0": 12, "n": 30, "alpha": 0.01, "batch_size": 64}
     cfg = config(set_dir, "smoothing", certify=certify)
@@ -298,8 +304,8 @@ def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_p
 def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_every_larger_one(set_dir):
     """Reference: independent attacks at each radius on the whole batch; an example is robust at
     radius r_k when it survives every attack at radii ≤ r_k (the smaller balls lie inside)."""
-    from perturbsets.attacks import LatentPGD
-    from perturbsets.config import EvalAttackConfig
+    from perturbsets.attacks.latent_pgd import LatentPGD
+    from perturbsets.config.schema import EvalAttackConfig
 
     pset = PerturbationSet.load(set_dir)
     torch.manual_seed(1)

@@ -12,10 +12,10 @@ import dataclasses
 
 import pytest
 
-from perturbsets.config import CertifyConfig, Schedule
-from perturbsets.demo import demo_config, robust_config
-from perturbsets.pipeline import SET_DIR, learn_perturbation_set
-from perturbsets.robust import robust_evaluate, robust_train
+from perturbsets.config.schema import CertifyConfig, Schedule
+from perturbsets.workflows.demo import demo_config, robust_config
+from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
+from perturbsets.training.robust import robust_evaluate, robust_train
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_cvae_augmentation_is_more_robust_in_the_set_than_standard_training(repo
 
 
 def test_smoothed_classifier_certifies_most_inputs(learned, reports):
-    from perturbsets.robust import read_certificates
+    from perturbsets.training.robust import read_certificates
 
     out, _ = learned
     table = read_certificates(out / "robust" / "smoothing" / "eval" / "certify.tsv")

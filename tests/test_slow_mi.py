@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perturbsets.config import Config, from_dict
-from perturbsets.pipeline import learn_perturbation_set
-from perturbsets.sources import load_splits
-from perturbsets.tiny_datasets import write_tiny_multi_illumination
+from perturbsets.config.schema import Config, from_dict
+from perturbsets.workflows.learn import learn_perturbation_set
+from perturbsets.workflows.sources import load_splits
+from perturbsets.datasets.tiny import write_tiny_multi_illumination
 
 pytestmark = pytest.mark.slow
 

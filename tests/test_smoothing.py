@@ -12,9 +12,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from perturbsets.nets import build_cvae
-from perturbsets.perturbation_set import PerturbationSet
-from perturbsets.smoothing import (
+from perturbsets.cvae.registry import build_cvae
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.certify.smoothing import (
     ABSTAIN,
     SmoothedClassifier,
     SmoothingWarning,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score
 
-from perturbsets.tasks import IGNORE_INDEX, Scorer, confusion_matrix, mean_iou
+from perturbsets.classifiers.scoring import IGNORE_INDEX, Scorer, confusion_matrix, mean_iou
 
 
 def _maps(seed: int, k: int = 5, shape=(3, 7, 9)):

@@ -10,12 +10,21 @@ import torch
 import torch.distributions as D
 from safetensors.torch import load_file
 
-import perturbsets.train as train_mod
-from perturbsets.loop import TrainingDivergedError
-from perturbsets.config import Config, ConfigError, DataConfig, ModelConfig, Schedule, TrainingConfig, from_dict, load_config
-from perturbsets.data import PairedData
+from perturbsets.training import cvae as train_mod
+from perturbsets.training.loop import TrainingDivergedError
+from perturbsets.config.schema import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    Schedule,
+    TrainingConfig,
+    from_dict,
+    load_config,
+)
+from perturbsets.pairs.paired import PairedData
 from perturbsets.perturbations import LinfNoise
-from perturbsets.train import train_cvae
+from perturbsets.training.cvae import train_cvae
 
 
 def tiny_config(epochs: int = 2, **training) -> Config:
@@ -187,7 +196,7 @@ def test_data_outside_the_generators_range_is_refused(tmp_path):
 
 
 def test_prefetch_keeps_order_reraises_and_stops_early():
-    from perturbsets.loop import prefetch
+    from perturbsets.training.loop import prefetch
 
     assert list(prefetch(iter(range(50)), 3)) == list(range(50))
     assert list(prefetch(iter(range(5)), 0)) == list(range(5))
@@ -222,7 +231,7 @@ def test_prefetch_keeps_order_reraises_and_stops_early():
 def test_training_minimises_the_batch_sum_so_weight_decay_is_the_papers(tmp_path, monkeypatch):
     """Adam's coupled L2 must act on the batch-summed negative ELBO, as in the paper (Appendix F.1's
     5e-7 for Multi-Illumination): a batch mean would make the same weight_decay B times stronger."""
-    from perturbsets.experiments import load_experiment
+    from perturbsets.workflows.experiments import load_experiment
 
     wd = load_experiment("mi-mip5").perturbation_set.training.weight_decay
     assert wd == 5e-7

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perturbsets.data import PairBatch, PairedData, load_digits
-from perturbsets.versions import PAIRINGS, Augmented, JointCropFlip, LazyStack, VersionedData
+from perturbsets.pairs.paired import PairBatch, PairedData, load_digits
+from perturbsets.pairs.versioned import PAIRINGS, Augmented, JointCropFlip, LazyStack, VersionedData
 
 # --------------------------------------------------------------------------- helpers
 
@@ -433,8 +433,8 @@ def test_augmented_wrapper_for_paired_data():
 
 
 def test_train_cvae_accepts_versioned_data(tmp_path):
-    from perturbsets.config import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
-    from perturbsets.train import train_cvae
+    from perturbsets.config.schema import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
+    from perturbsets.training.cvae import train_cvae
 
     images, labels = load_digits(28)
     x = images[:160]

@@ -1,0 +1,1 @@
+"""Utilities every layer may use: argument checks, seeding, atomic file I/O, registries, weight files."""

@@ -1,0 +1,1 @@
+"""Downstream models attacked, trained and certified inside a perturbation set, and how their outputs are scored."""

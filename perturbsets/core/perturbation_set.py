@@ -1,0 +1,294 @@
+"""A learned perturbation set: a trained CVAE plus its radius (paper Section 4, Appendix B).
+
+S(x) = { g(μ(x) + u·σ(x), x) : ‖u‖₂ ≤ ε }, and its probabilistic version with u drawn from
+the standard normal truncated to the same ball. Latent points u are always given flat,
+shape (N, latent_dim), in prior coordinates (before the reparameterisation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from perturbsets import __version__
+from perturbsets._util.io import atomic_path, write_json
+from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file
+from perturbsets.cvae.model import CVAE, Gaussian
+from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal
+from perturbsets.cvae.registry import build_cvae
+
+MANIFEST = "perturbation_set.json"
+FORMAT = "perturbsets.PerturbationSet"
+FORMAT_VERSION = 1
+
+
+class PerturbationSet:
+    """A trained CVAE and the radius ε of its latent ball.
+
+    Args:
+        cvae: the trained model; it is put in eval mode and its parameters frozen.
+        radius: ε > 0, in prior coordinates (usually from
+            :func:`perturbsets.radius.select_radius`).
+        architecture: registered name the CVAE was built from (needed to :meth:`load`
+            without passing the model), or ``None`` for a CVAE made of your own modules.
+        options: the builder's keyword options.
+        value_range: (low, high) of the data the set was learned on.
+        metrics: quality metrics to store alongside (e.g. a quality report's summary).
+    """
+
+    def __init__(
+        self,
+        cvae: CVAE,
+        radius: float,
+        *,
+        architecture: str | None = None,
+        options: dict[str, Any] | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(cvae, CVAE):
+            raise TypeError(f"cvae must be a perturbsets.cvae.CVAE, got {type(cvae).__name__}")
+        radius = float(radius)
+        if not radius > 0 or radius != radius or radius == float("inf"):
+            raise ValueError(f"the radius must be a finite number > 0, got {radius}")
+        self.cvae = cvae.eval().requires_grad_(False)
+        self.radius = radius
+        self.architecture = architecture
+        self.options = dict(options or {})
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.metrics = dict(metrics or {})
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def latent_dim(self) -> int:
+        return self.cvae.latent_dim
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.cvae.latent_shape
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.cvae.input_shape  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.cvae.parameters()).device
+
+    def to(self, device: str | torch.device) -> "PerturbationSet":
+        self.cvae.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"PerturbationSet(architecture={self.architecture!r}, radius={self.radius:.4g}, "
+            f"input_shape={self.input_shape}, latent_dim={self.latent_dim})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        """Raise a ValueError unless x is a finite (N, C, H, W) batch of this set's shape."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)} but this perturbation set takes (N, {', '.join(map(str, self.input_shape))}); "
+                "resize or pad the data to the shape the set was learned on"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch; give at least one input")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+
+    def _generate(self, x: Tensor, prior: Gaussian, u: Tensor) -> Tensor:
+        """g(μ(x) + u·σ(x), x) for u (N, m, latent_dim): (N, m, C, H, W), the prior computed once."""
+        n, m = u.shape[:2]
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
+        z = rep(prior.mean) + u.reshape(n * m, *self.latent_shape) * rep(prior.std)
+        return self.cvae.generate(z, rep(x)).view(n, m, *self.input_shape)
+
+    # ------------------------------------------------------------------ the set
+    def perturb(self, x: Tensor, u: Tensor) -> Tensor:
+        """g(μ(x) + u·σ(x), x): x (N, C, H, W), u (N, latent_dim) → x' (N, C, H, W).
+
+        Differentiable in u (attacks optimise through it). u is used as given: keep
+        ‖u‖₂ ≤ radius (see :func:`perturbsets.latent.project`) to stay inside S(x).
+        """
+        self.check_input(x)
+        n = x.shape[0]
+        if u.dim() < 1 or u.shape[0] != n or u.flatten(1).shape[1] != self.latent_dim:
+            raise ValueError(f"u has shape {tuple(u.shape)}; expected ({n}, {self.latent_dim}) for a batch of {n} inputs")
+        return self._generate(x, self.cvae.prior_params(x), u.reshape(n, 1, self.latent_dim))[:, 0]
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, x_tilde: Tensor) -> Tensor:
+        """u = (μ(x, x̃) − μ(x)) / σ(x), the posterior mean in prior coordinates: (N, latent_dim)."""
+        self.check_input(x)
+        self.check_input(x_tilde, "x_tilde")
+        u = relative_encoding(self.cvae.posterior_params(x, x_tilde), self.cvae.prior_params(x))
+        return u.flatten(1)
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n perturbations of each input from the truncated prior: (N, n, C, H, W).
+
+        u ~ N(0, I) conditioned on ‖u‖₂ ≤ ε (exact, see
+        :func:`perturbsets.latent.sample_truncated_normal`), then g(μ(x) + u·σ(x), x).
+        """
+        self.check_input(x)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        u = sample_truncated_normal(x.shape[0] * n, self.latent_dim, self.radius, generator, device=x.device, dtype=x.dtype)
+        return self._generate(x, self.cvae.prior_params(x), u.view(x.shape[0], n, self.latent_dim))
+
+    @torch.no_grad()
+    def interpolate(self, x: Tensor, x_tilde_a: Tensor, x_tilde_b: Tensor, steps: int = 8) -> Tensor:
+        """Walk the latent segment between two perturbations of x: (N, steps, C, H, W).
+
+        Both endpoints are encoded (:meth:`encode`) and projected into the ball; the ball is
+        convex, so every point of the segment is in S(x) (paper Figure 1, top row).
+        """
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2, got {steps}")
+        for name, x_tilde in (("x_tilde_a", x_tilde_a), ("x_tilde_b", x_tilde_b)):
+            self.check_input(x_tilde, name)
+        self.check_input(x)
+        prior = self.cvae.prior_params(x)
+        u_a, u_b = (
+            project(relative_encoding(self.cvae.posterior_params(x, xt), prior).flatten(1), self.radius)
+            for xt in (x_tilde_a, x_tilde_b)
+        )
+        t = torch.linspace(0, 1, steps, device=x.device, dtype=u_a.dtype).view(1, steps, 1)
+        return self._generate(x, prior, (1 - t) * u_a.unsqueeze(1) + t * u_b.unsqueeze(1))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``weights-<sha>.safetensors`` and ``perturbation_set.json`` into ``directory``.
+
+        The manifest records the architecture and its options, radius, shapes, value range,
+        metrics, library version and the weights' sha256. The weights file is named by its
+        hash and the manifest replaced atomically after it, so an interrupted save leaves
+        the previous set loadable.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.cvae.state_dict().items()}
+        with atomic_path(directory / "weights.partial") as tmp:
+            save_file(tensors, str(tmp))
+            digest = sha256_file(tmp)
+        weights_name = f"weights-{digest[:16]}.safetensors"
+        os.replace(directory / "weights.partial", directory / weights_name)
+        previous = _read_manifest(directory) if (directory / MANIFEST).is_file() else None
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "architecture": {"name": self.architecture, "options": self.options},
+            "distribution": self.cvae.distribution,
+            "output": self.cvae.output,
+            "radius": self.radius,
+            "input_shape": list(self.input_shape),
+            "latent_shape": list(self.latent_shape),
+            "value_range": list(self.value_range),
+            "metrics": self.metrics,
+            "weights": {"file": weights_name, "sha256": digest},
+        }
+        write_json(directory / MANIFEST, manifest)
+        if previous is not None:
+            old = previous.get("weights", {}).get("file")
+            if old and old != weights_name and (directory / old).is_file():
+                (directory / old).unlink()
+        return directory
+
+    @classmethod
+    def from_reference_checkpoint(
+        cls, path: str | os.PathLike, arch: str, radius: float, *, device: str | torch.device = "cpu", metrics: dict | None = None
+    ) -> "PerturbationSet":
+        """A set from the authors' released ``.pth`` checkpoint (read with ``weights_only=True``).
+
+        ``arch`` is the reference's model-type name (``mnist_fc``, ``mnist_conv``,
+        ``mnist_stn``, ``cifar10_rectangle``); see :mod:`perturbsets.reference`.
+        """
+        # reference builds on this module, so it is imported where it is needed.
+        from perturbsets.interop.reference import perturbation_set_from_reference
+
+        return perturbation_set_from_reference(path, arch, radius, device=device, metrics=metrics)
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike, *, cvae: CVAE | None = None, device: str | torch.device = "cpu"
+    ) -> "PerturbationSet":
+        """Load a set written by :meth:`save`; never unpickles, and verifies the weights' sha256.
+
+        Pass ``cvae`` (an untrained model of the same architecture) for sets built from
+        your own modules, which cannot be rebuilt by name.
+        """
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        weights = directory / manifest["weights"]["file"]
+        if not weights.is_file():
+            raise CheckpointError(f"{directory} lists weights file {weights.name}, which is missing")
+        digest = sha256_file(weights)
+        if digest != manifest["weights"]["sha256"]:
+            raise CheckpointError(
+                f"{weights} fails its checksum (sha256 {digest[:16]}… ≠ recorded {manifest['weights']['sha256'][:16]}…): "
+                "the file was modified or corrupted; restore it or save the set again"
+            )
+        tensors = read_safetensors(weights, device="cpu")
+        arch = manifest["architecture"]
+        if cvae is None:
+            if arch["name"] is None:
+                raise ValueError(
+                    f"{directory} holds a CVAE made of custom modules; pass cvae=<a model of the same architecture> to load it"
+                )
+            cvae = build_cvae(arch["name"], **{"distribution": manifest["distribution"], **arch["options"]})
+        try:
+            cvae.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise CheckpointError(f"the weights in {weights} do not fit the architecture: {err}") from None
+        pset = cls(
+            cvae,
+            manifest["radius"],
+            architecture=arch["name"],
+            options=arch["options"],
+            value_range=tuple(manifest["value_range"]),
+            metrics=manifest.get("metrics", {}),
+        )
+        return pset.to(device)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} does not exist or is not a directory")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ValueError(
+            f"{directory} is not a saved perturbation set (no {MANIFEST}); "
+            "create one with PerturbationSet.save or `perturbsets train`"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a perturbation-set manifest (format field missing or wrong)")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by a newer perturbsets (format {manifest['format_version']}); upgrade the library"
+        )
+    weights = manifest.get("weights")
+    name = weights.get("file") if isinstance(weights, dict) else None
+    # Loading reads, and saving over it deletes, the file the manifest names: only a plain
+    # file name inside the set folder is acceptable (no path, no "..").
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(
+            f"{path} names the weights file {name!r}; a manifest may only name a file inside the set folder. "
+            "The manifest was edited or damaged: save the set again"
+        )
+    return manifest

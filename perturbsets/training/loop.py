@@ -1,0 +1,233 @@
+"""The resumable training loop shared by CVAE training and robust training.
+
+One job: run epochs of a given step function with a per-batch learning-rate schedule,
+validate after each epoch, keep ``checkpoints/latest`` and ``checkpoints/best`` written
+atomically, and resume exactly. What a step computes (a CVAE loss, an adversarial loss…)
+belongs to the caller.
+
+Exact resume rests on two rules: every random draw comes from generators seeded by
+(seed, epoch) alone, and the checkpoint holds the model and optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from perturbsets._util.io import write_json
+from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
+from perturbsets.config.schema import save_config, to_dict
+from perturbsets.pairs.paired import PairBatch, PairSource
+
+LATEST = "latest.safetensors"
+BEST = "best.safetensors"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (seed, epoch, stream…), via NumPy's SeedSequence."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def prefetch(iterable: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    Reading batches (memory-mapped uint8 rows, decoding, the copy to the device) then
+    overlaps with the training step. Items come out in order, the producer's exceptions
+    are re-raised here, and the thread stops when the consumer stops early.
+    """
+    if depth <= 0:
+        yield from iterable
+        return
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as err:  # re-raised in the consumer
+            items.put((done, err))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = items.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+@dataclass
+class StepOutput:
+    """What a step function returns: the scalar loss to minimise, logs, and the batch size."""
+
+    loss: Tensor
+    logs: dict[str, float]
+    size: int
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_loss: float
+
+
+def prepare_run(out_dir: Path, resume: bool) -> Path:
+    """Check the run folder for ``resume`` and return the path of the latest checkpoint."""
+    latest = out_dir / "checkpoints" / LATEST
+    if not resume and latest.exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a training run; pass resume=True (--resume) to continue it, or choose another --out"
+        )
+    if resume and not latest.exists():
+        raise FileNotFoundError(f"cannot resume: {latest} does not exist")
+    return latest
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    config: Any,
+    out_dir: Path,
+    train: PairSource,
+    step: Callable[[PairBatch, float, torch.Generator], StepOutput],
+    validate: Callable[[], dict[str, float]],
+    device: torch.device,
+    resume: bool = False,
+    progress: bool = True,
+    prefetch_batches: int = 2,
+) -> FitResult:
+    """Train ``model`` for ``config.training.epochs`` epochs and leave the selected checkpoint loaded.
+
+    Args:
+        config: the run's config dataclass (``seed`` and a ``training`` section with
+            ``epochs``, ``batch_size``, ``lr``, ``select`` and ``amp``); saved as
+            ``config.yaml`` and stored in every checkpoint so a resume with a different
+            config is refused. ``select`` picks the checkpoint loaded at the end: ``best``
+            (lowest ``val_loss``) or ``latest``; ``amp`` runs the steps under bfloat16
+            autocast on CUDA (no effect on the CPU, where bfloat16 matmuls are rarely faster).
+        train: the training pairs, shuffled every epoch from (seed, epoch).
+        step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
+            seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
+        validate: returns at least ``val_loss`` (lower is better) after each epoch.
+        prefetch_batches: batches read ahead in a background thread (0 = none).
+    """
+    tc, seed = config.training, config.seed
+    epochs, lr, batch_size = tc.epochs, tc.lr, tc.batch_size
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp and device.type == "cuda" else contextlib.nullcontext
+    )
+    ckpt_dir = out_dir / "checkpoints"
+    latest = prepare_run(out_dir, resume)
+    config_dict = json.loads(json.dumps(to_dict(config)))
+    start, best_val, best_epoch, history = 0, math.inf, -1, []
+    if resume:
+        state = load_checkpoint(latest, model, optimizer)
+        if state.get("config") != config_dict:
+            raise ValueError(
+                f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
+            )
+        start, best_val, best_epoch, history = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"], state["history"]
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    n_batches = train.num_batches(batch_size)
+    if n_batches == 0:
+        raise ValueError("the training split is empty; give data.split.train a positive size")
+
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        model.train()
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, 2))
+        sums: dict[str, float] = {}
+        seen = 0
+        batches = prefetch(train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device), prefetch_batches)
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for i, batch in enumerate(bar):
+            t = epoch + (i + 1) / n_batches
+            rate = lr(t)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            with autocast():
+                out = step(batch, t, gen)
+            if not torch.isfinite(out.loss):
+                raise TrainingDivergedError(
+                    f"the loss became {out.loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
+                    f"The last good checkpoint ({latest if latest.exists() else 'none yet'}) is kept. "
+                    "Lower training.lr, or check the data for extreme values."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            for key, value in out.logs.items():
+                sums[key] = sums.get(key, 0.0) + value * out.size
+            seen += out.size
+            bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
+        model.eval()
+        val = validate()
+        if not np.isfinite(val["val_loss"]):
+            raise TrainingDivergedError(
+                f"the validation loss became {val['val_loss']} at epoch {epoch + 1}; the last good checkpoint is kept. "
+                "Lower training.lr."
+            )
+        record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        improved = val["val_loss"] < best_val
+        if improved:
+            best_val, best_epoch = val["val_loss"], epoch
+        state = {"epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
+        if improved:
+            save_checkpoint(ckpt_dir / BEST, model, None, state)
+        save_checkpoint(latest, model, optimizer, state)
+        write_json(out_dir / "history.json", history)
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
+
+    load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
+    model.eval()
+    return FitResult(history, best_epoch, best_val)

@@ -1,0 +1,208 @@
+"""The paper's experiments as named, resumable runs (``perturbsets experiments``).
+
+Each experiment is a YAML file in ``perturbsets/experiments/``:
+
+* ``description``, ``table`` and ``row``: which row of which paper table it reproduces;
+* ``requires``: another experiment whose perturbation set it uses (run first);
+* ``perturbation_set``: a :class:`~perturbsets.config.Config` (learn, pick ε, evaluate);
+* ``robust``: a :class:`~perturbsets.config.RobustConfig` (robust training + evaluation);
+* ``smoke``: overrides, merged into both, that shrink the run to seconds on tiny data.
+
+Strings may use ``{data}`` (the ``--data`` folder) and ``{runs}`` (the ``--out`` folder).
+``--data embedded`` runs the MNIST experiments on the 5,000 real MNIST digits embedded in a
+registry package (source ``mnist5k``, :mod:`perturbsets.embedded`): every MNIST data section
+reads them instead, with the split adapted to 4,000 / 500 (and the fixed 500 test digits);
+the rest of the paper's config is unchanged.
+A run writes into ``<out>/<name>/`` and skips every stage already complete, resuming a
+stage whose checkpoints exist, so an interrupted ``experiments run`` picks up where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from perturbsets._util.io import write_text
+from perturbsets._util.registry import unknown_name_message
+from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
+from perturbsets.training.loop import LATEST
+from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
+from perturbsets.core.quality import LABELS, METRICS
+from perturbsets.training.robust import RobustReport, reports_to_markdown, robust_evaluate, robust_train
+
+EMBEDDED = "embedded"
+EMBEDDED_SPLIT = {"train": 4000, "val": 500}
+KEYS = ("description", "table", "row", "requires", "perturbation_set", "robust", "smoke")
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    table: str
+    row: str
+    requires: str | None
+    perturbation_set: Config | None
+    robust: RobustConfig | None
+
+
+def _experiment_files() -> dict[str, Any]:
+    folder = resources.files("perturbsets") / "experiments"
+    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def experiment_names() -> list[str]:
+    return sorted(_experiment_files())
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base.get(key), value) if key in base else value
+        return out
+    return copy.deepcopy(override)
+
+
+def _substitute(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names) if "{" in value else value
+    if isinstance(value, dict):
+        return {k: _substitute(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    return value
+
+
+def _to_embedded(value: Any) -> tuple[Any, int]:
+    """``value`` with every MNIST data section reading the embedded digits, and how many it changed."""
+    if isinstance(value, list):
+        items = [_to_embedded(v) for v in value]
+        return [v for v, _ in items], sum(c for _, c in items)
+    if not isinstance(value, dict):
+        return value, 0
+    if value.get("source") == "mnist":
+        rest = {k: v for k, v in value.items() if k not in ("path", "check_size")}
+        return {**rest, "source": "mnist5k", "split": dict(EMBEDDED_SPLIT)}, 1
+    items = {k: _to_embedded(v) for k, v in value.items()}
+    return {k: v for k, (v, _) in items.items()}, sum(c for _, c in items.values())
+
+
+def _read(name: str) -> dict[str, Any]:
+    files = _experiment_files()
+    if name not in files:
+        raise ValueError(unknown_name_message("experiment", name, files))
+    raw = yaml.safe_load(files[name].read_text(encoding="utf-8")) or {}
+    unknown = set(raw) - set(KEYS)
+    if unknown:
+        raise ConfigError(f"experiment {name}: unknown keys {sorted(unknown)}; valid: {', '.join(KEYS)}")
+    return raw
+
+
+def embedded_experiments() -> list[str]:
+    """The experiments ``--data embedded`` serves: those that read MNIST."""
+    return [n for n in experiment_names() if _to_embedded({k: _read(n).get(k) for k in ("perturbation_set", "robust")})[1]]
+
+
+def load_experiment(name: str, *, data: str | Path = "data", runs: str | Path = "runs", smoke: bool = False) -> Experiment:
+    """Read experiment ``name``; ``smoke`` applies its smoke overrides.
+
+    ``data="embedded"`` reads the embedded MNIST digits in place of MNIST (see the module
+    docstring); an experiment that reads no MNIST is then refused.
+    """
+    raw = _read(name)
+    if str(data) == EMBEDDED:
+        converted, changed = _to_embedded({k: raw.get(k) for k in ("perturbation_set", "robust")})
+        if not changed:
+            raise ValueError(
+                f"--data {EMBEDDED} holds only MNIST digits, and experiment {name!r} reads none; it serves "
+                f"{', '.join(embedded_experiments())}. Give --data the folder holding this experiment's dataset"
+            )
+        raw = {**raw, **converted}
+    names = {"data": str(Path(data).expanduser()), "runs": str(Path(runs).expanduser())}
+    sections = {}
+    for key, cls in (("perturbation_set", Config), ("robust", RobustConfig)):
+        section = raw.get(key)
+        if section is not None and smoke and raw.get("smoke", {}).get(key):
+            section = _merge(section, raw["smoke"][key])
+        sections[key] = None if section is None else from_dict(cls, _substitute(section, names))
+    return Experiment(
+        name, raw.get("description", ""), raw.get("table", ""), raw.get("row", name), raw.get("requires"),
+        sections["perturbation_set"], sections["robust"],
+    )
+
+
+def _set_done(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / SET_DIR / "perturbation_set.json").is_file()
+
+
+def run_experiment(
+    name: str, data: str | Path, out: str | Path, *, smoke: bool = False, progress: bool = True, _chain: tuple = ()
+) -> Path:
+    """Run experiment ``name`` (and what it requires) into ``out/name``; complete stages are skipped."""
+    if name in _chain:
+        raise ValueError(f"experiments require each other in a cycle: {' -> '.join((*_chain, name))}")
+    out = Path(out)
+    exp = load_experiment(name, data=data, runs=out, smoke=smoke)
+    if exp.requires:
+        run_experiment(exp.requires, data, out, smoke=smoke, progress=progress, _chain=(*_chain, name))
+    run = out / name
+    if exp.perturbation_set is not None and not _set_done(run):
+        resume = (run / "checkpoints" / LATEST).is_file()
+        learn_perturbation_set(exp.perturbation_set, run, resume=resume, progress=progress)
+    if exp.robust is not None:
+        robust_dir = run / "robust"
+        if not (robust_dir / "eval" / "robust_metrics.json").is_file():
+            resume = (robust_dir / "checkpoints" / LATEST).is_file()
+            result = robust_train(exp.robust, robust_dir, resume=resume, progress=progress)
+            robust_evaluate(exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress)
+    return run
+
+
+def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") -> str:
+    """The rows of ``table`` (e.g. ``"Table 4"``) from every finished experiment under ``out``."""
+    out = Path(out)
+    # Tables 8 and 11 hold the validation latent-norm statistics of the Table 7 and Table 10 sets.
+    norms_of = {"Table 8": "Table 7", "Table 11": "Table 10"}
+    norms_only = table in norms_of
+    names = embedded_experiments() if str(data) == EMBEDDED else experiment_names()
+    exps = [load_experiment(n, data=data, runs=out) for n in names]
+    exps = [e for e in exps if e.table == norms_of.get(table, table)]
+    if not exps:
+        tables = sorted({load_experiment(n).table for n in experiment_names()} | set(norms_of))
+        raise ValueError(unknown_name_message("table", table, tables))
+    robust_rows: list[RobustReport] = []
+    set_rows = []
+    for exp in exps:
+        if exp.robust is not None:
+            path = out / exp.name / "robust" / "eval" / "robust_metrics.json"
+            if path.is_file():
+                robust_rows.append(RobustReport(**json.loads(path.read_text())))
+        elif (out / exp.name / "metrics.json").is_file():
+            set_rows.append((exp.row, json.loads((out / exp.name / "metrics.json").read_text())))
+    lines = [f"# {table}", ""]
+    if set_rows and norms_only:
+        lines += ["| Method | β | Mean | Std | 25% | 50% | 75% | Max |", "|---|---|---|---|---|---|---|---|"]
+        for (row, m), exp in zip(set_rows, [e for e in exps if (out / e.name / "metrics.json").is_file()]):
+            s = m["latent_norms"]
+            beta = exp.perturbation_set.training.beta(float("inf")) if exp.perturbation_set else float("nan")
+            cells = [f"{beta:g}", f"{s['mean']:.2f}", f"{s['std']:.2f}"] + [f"{s['percentiles'][p]:.2f}" for p in ("p25", "p50", "p75")]
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {s['max']:.2f} |")
+    elif set_rows:
+        lines += ["| Model | ε | " + " | ".join(LABELS[k] for k in METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
+        for row, m in set_rows:
+            lines.append(f"| {row} | {m['radius']:.3g} | " + " | ".join(f"{m[k]['mean']:.3g}" for k in METRICS) + " |")
+    if robust_rows:
+        lines.append(reports_to_markdown(robust_rows))
+    if len(lines) == 2:
+        lines.append("No experiment of this table has finished yet.")
+    text = "\n".join(lines) + "\n"
+    write_text(out / f"{table.replace(' ', '_').lower()}.md", text)
+    return text

@@ -1,0 +1,115 @@
+"""Pairs → trained CVAE → radius → quality report → saved :class:`PerturbationSet`.
+
+:func:`learn_perturbation_set` is what ``perturbsets train`` and ``perturbsets demo`` run;
+:func:`evaluate_saved_set` is ``perturbsets evaluate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perturbsets._util.io import atomic_path, write_json
+from perturbsets.config.schema import Config
+from perturbsets.cvae.model import CVAE
+from perturbsets.pairs.paired import PairedData
+from perturbsets.workflows.sources import load_splits
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.core.quality import QualityReport, evaluate_quality
+from perturbsets.core.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
+from perturbsets.reports.quality import write_report
+from perturbsets.training.loop import derive_seed, resolve_device
+from perturbsets.training.cvae import TrainResult, train_cvae
+
+SET_DIR = "perturbation_set"
+
+
+@dataclass
+class RadiusChoice:
+    radius: float
+    norms: np.ndarray
+    stats: LatentNormStats
+
+
+def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
+    """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
+    ev = config.evaluation
+    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device)
+    norms = latent_norms(cvae, batches)
+    return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
+
+
+def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: LatentNormStats | None, progress: bool) -> QualityReport:
+    ev = config.evaluation
+    return evaluate_quality(
+        pset,
+        test.evaluation_batches(
+            ev.batch_size, seed=derive_seed(config.seed, 11), passes=ev.passes, device=pset.device, max_pairs=ev.max_pairs
+        ),
+        steps=ev.pgd_steps,
+        step_size=ev.pgd_step_size,
+        eae_samples=ev.eae_samples,
+        metric=ev.metric,
+        seed=config.seed,
+        latent_norms=stats,
+        progress=progress,
+    )
+
+
+@dataclass
+class LearnResult:
+    """A learned set with its quality report, training record and output folder."""
+
+    perturbation_set: PerturbationSet
+    report: QualityReport
+    training: TrainResult
+    radius: RadiusChoice
+    out_dir: Path
+
+
+def learn_perturbation_set(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    data: PairedData | None = None,
+    progress: bool = True,
+) -> LearnResult:
+    """Train, pick ε on the validation split, evaluate on the test split, save everything.
+
+    ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
+    ``perturbation_set/``, ``metrics.json``, figures and ``report.md``.
+    """
+    out_dir = Path(out_dir)
+    result = train_cvae(config, out_dir, resume=resume, data=data, progress=progress)
+    choice = choose_radius(result.cvae, result.splits.val, config, result.device)
+    pset = PerturbationSet(
+        result.cvae,
+        choice.radius,
+        architecture=config.model.architecture,
+        options=config.model.options,
+        value_range=tuple(config.data.value_range),
+    )
+    report = assess(pset, result.splits.test, config, choice.stats, progress)
+    pset.metrics = report.to_dict()
+    pset.save(out_dir / SET_DIR)
+    write_json(out_dir / "metrics.json", pset.metrics)
+    with atomic_path(out_dir / "latent_norms.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, choice.norms)
+    write_report(out_dir, pset, report, result.splits.test, config, choice.norms, result.history)
+    return LearnResult(pset, report, result, choice, out_dir)
+
+
+def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path, *, progress: bool = True) -> QualityReport:
+    """Evaluate a saved set on the test split of ``config.data`` and write metrics and report."""
+    device = resolve_device(config.training.device)
+    pset = PerturbationSet.load(set_dir, device=device)
+    splits = load_splits(config.data, config.seed)
+    report = assess(pset, splits.test, config, None, progress)
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", report.to_dict())
+    write_report(out_dir, pset, report, splits.test, config, None, None)
+    return report
