@@ -16,11 +16,11 @@ from perturbsets.attacks.latent_pgd import AttackOutput
 from perturbsets.cli import main
 from perturbsets.config.schema import ConfigError, RobustConfig, from_dict, to_dict
 from perturbsets.pairs.paired import PairedData
+from perturbsets.core.radius import LatentNormStats
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.training.robust import (
     read_certificates,
     reports_to_markdown,
-    resolve_radius,
     robust_evaluate,
     robust_train,
 )
@@ -38,7 +38,7 @@ def set_dir(tmp_path_factory):
         2.0,
         architecture="mnist_fc",
         options={"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4},
-        metrics={"latent_norms": {"percentiles": {"p50": 1.0, "p75": 1.5}}},
+        latent_norms=LatentNormStats(count=4, mean=1.0, std=0.5, min=0.1, max=2.0, percentiles={"p50": 1.0, "p75": 1.5}),
     )
     return pset.save(tmp_path_factory.mktemp("set"))
 
@@ -150,11 +150,11 @@ def test_certification_writes_a_resumable_table(set_dir, tmp_path):
 
 def test_resolve_radius(set_dir):
     pset = PerturbationSet.load(set_dir)
-    assert resolve_radius(pset, "max") == 2.0
-    assert resolve_radius(pset, "p75") == 1.5
-    assert resolve_radius(pset, 0.7) == 0.7
+    assert pset.resolve_radius("max") == 2.0
+    assert pset.resolve_radius("p75") == 1.5
+    assert pset.resolve_radius(0.7) == 0.7
     with pytest.raises(ValueError, match="no such percentile"):
-        resolve_radius(pset, "p99")
+        pset.resolve_radius("p99")
 
 
 def test_config_errors():

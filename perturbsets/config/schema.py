@@ -20,6 +20,7 @@ import yaml
 
 from perturbsets._util.io import write_text
 from perturbsets._util.registry import unknown_name_message
+from perturbsets.core.radius import RadiusSpec
 from perturbsets.cvae.model import DISTRIBUTIONS
 
 T = TypeVar("T")
@@ -29,33 +30,15 @@ PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
-def check_radius_rule(rule: float | str) -> None:
-    """Raise a ValueError unless ``rule`` is 'max', a percentile 'pQ' with Q in (0, 100], or a number > 0."""
-    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
-        if not 0 < rule < float("inf"):
-            raise ValueError(f"a radius must be a finite number > 0, got {rule}")
-        return
-    if rule == "max":
-        return
-    if isinstance(rule, str) and rule.startswith("p"):
-        try:
-            q = float(rule[1:])
-        except ValueError:
-            q = -1.0
-        if 0 < q <= 100:
-            return
-        raise ValueError(f"radius rule {rule!r}: a percentile rule is 'p' followed by a number in (0, 100], e.g. 'p75'")
-    raise ValueError(f"unknown radius rule {rule!r}; use 'max', a percentile like 'p75', or a number")
-
-
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names its dotted path."""
 
 
 def _check_radius_spec(spec: float | str, name: str) -> None:
-    """A radius given as a number > 0, ``max`` (the set's radius) or ``pNN`` (a stored percentile)."""
-    ok = spec == "max" or (isinstance(spec, str) and spec.startswith("p")) or (not isinstance(spec, str) and spec > 0)
-    _require(ok, f"{name}: a radius is a number > 0, 'max' or a percentile such as 'p50', got {spec!r}")
+    try:
+        RadiusSpec.parse(spec)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
 
 
 def _require(ok: bool, message: str) -> None:
@@ -252,10 +235,7 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_pairs is None or self.max_pairs >= 1, "max_pairs must be >= 1 or null (every pair)")
-        try:
-            check_radius_rule(self.radius)
-        except ValueError as err:
-            raise ConfigError(f"radius: {err}") from None
+        _check_radius_spec(self.radius, "radius")
         _require(self.metric in ("nll", "mse"), f"metric must be 'nll' or 'mse', got {self.metric!r}")
         _require(self.pgd_steps >= 0, "pgd_steps must be >= 0")
         _require(self.pgd_step_size is None or self.pgd_step_size > 0, "pgd_step_size must be > 0 or null (radius / 20)")

@@ -20,6 +20,7 @@ from perturbsets import __version__
 from perturbsets._util.io import atomic_path, write_json
 from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file
 from perturbsets.cvae.model import CVAE, Gaussian
+from perturbsets.core.radius import LatentNormStats, RadiusSpec
 from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal
 from perturbsets.cvae.registry import build_cvae
 
@@ -34,12 +35,14 @@ class PerturbationSet:
     Args:
         cvae: the trained model; it is put in eval mode and its parameters frozen.
         radius: ε > 0, in prior coordinates (usually from
-            :func:`perturbsets.radius.select_radius`).
+            :class:`perturbsets.core.radius.RadiusSpec`).
         architecture: registered name the CVAE was built from (needed to :meth:`load`
             without passing the model), or ``None`` for a CVAE made of your own modules.
         options: the builder's keyword options.
         value_range: (low, high) of the data the set was learned on.
         metrics: quality metrics to store alongside (e.g. a quality report's summary).
+        latent_norms: statistics of the validation latent norms the radius was chosen from;
+            they name the percentile radii (``"p50"``) attacks and certification use.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PerturbationSet:
         options: dict[str, Any] | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
         metrics: dict[str, Any] | None = None,
+        latent_norms: LatentNormStats | None = None,
     ) -> None:
         if not isinstance(cvae, CVAE):
             raise TypeError(f"cvae must be a perturbsets.cvae.CVAE, got {type(cvae).__name__}")
@@ -63,6 +67,13 @@ class PerturbationSet:
         self.options = dict(options or {})
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.metrics = dict(metrics or {})
+        if latent_norms is None and isinstance(self.metrics.get("latent_norms"), dict):
+            latent_norms = LatentNormStats.from_dict(self.metrics["latent_norms"])
+        self.latent_norms = latent_norms
+
+    def resolve_radius(self, spec: float | str | RadiusSpec) -> float:
+        """A radius inside this set: a number, ``"max"`` (:attr:`radius`) or a stored percentile ``"p50"``."""
+        return RadiusSpec.parse(spec).resolve(self.radius, self.latent_norms)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -197,6 +208,7 @@ class PerturbationSet:
             "latent_shape": list(self.latent_shape),
             "value_range": list(self.value_range),
             "metrics": self.metrics,
+            "latent_norms": self.latent_norms.to_dict() if self.latent_norms is not None else None,
             "weights": {"file": weights_name, "sha256": digest},
         }
         write_json(directory / MANIFEST, manifest)
@@ -205,20 +217,6 @@ class PerturbationSet:
             if old and old != weights_name and (directory / old).is_file():
                 (directory / old).unlink()
         return directory
-
-    @classmethod
-    def from_reference_checkpoint(
-        cls, path: str | os.PathLike, arch: str, radius: float, *, device: str | torch.device = "cpu", metrics: dict | None = None
-    ) -> "PerturbationSet":
-        """A set from the authors' released ``.pth`` checkpoint (read with ``weights_only=True``).
-
-        ``arch`` is the reference's model-type name (``mnist_fc``, ``mnist_conv``,
-        ``mnist_stn``, ``cifar10_rectangle``); see :mod:`perturbsets.reference`.
-        """
-        # reference builds on this module, so it is imported where it is needed.
-        from perturbsets.interop.reference import perturbation_set_from_reference
-
-        return perturbation_set_from_reference(path, arch, radius, device=device, metrics=metrics)
 
     @classmethod
     def load(
@@ -259,6 +257,7 @@ class PerturbationSet:
             options=arch["options"],
             value_range=tuple(manifest["value_range"]),
             metrics=manifest.get("metrics", {}),
+            latent_norms=LatentNormStats.from_dict(manifest["latent_norms"]) if manifest.get("latent_norms") else None,
         )
         return pset.to(device)
 

@@ -52,21 +52,6 @@ from perturbsets.classifiers.scoring import (
 CERT_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
 
-def resolve_radius(pset: PerturbationSet, spec: float | str) -> float:
-    """A radius from a number, ``max`` (the set's radius) or ``pNN`` (a stored percentile)."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return float(spec)
-    if spec == "max":
-        return pset.radius
-    percentiles = (pset.metrics.get("latent_norms") or {}).get("percentiles", {})
-    if spec not in percentiles:
-        raise ValueError(
-            f"radius {spec!r}: the perturbation set stores no such percentile of its latent norms "
-            f"(it has {sorted(percentiles) or 'none'}); give a number or 'max'"
-        )
-    return float(percentiles[spec])
-
-
 def make_attack(model: nn.Module, pset: PerturbationSet, cfg: AttackConfig, eps: float, generator) -> LatentPGD:
     step = cfg.step_size if cfg.step_size is not None else eps / cfg.step_divisor
     return LatentPGD(
@@ -83,7 +68,7 @@ class InputTransform:
         self.config = config
         self.model = model
         self.pset = pset
-        self.eps = resolve_radius(pset, config.training.attack.eps) if pset is not None else None
+        self.eps = pset.resolve_radius(config.training.attack.eps) if pset is not None else None
 
     def __call__(self, batch: PairBatch, generator: torch.Generator, epoch: float = math.inf) -> Tensor:
         """``epoch`` (fractional) sets the attack radius during ``attack.warmup_epochs``."""
@@ -158,7 +143,7 @@ def robust_train(
     if pset is not None:
         # Fail now, not after training, if an evaluation radius cannot be resolved.
         for spec in config.evaluation.radii:
-            resolve_radius(pset, spec)
+            pset.resolve_radius(spec)
     model = build_model(config).to(device)
     if tc.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.0, weight_decay=tc.weight_decay)
@@ -563,7 +548,7 @@ def robust_evaluate(
     if "ood" in scores:
         counts["ood"] = scores["ood"].examples
     if pset is not None:
-        radii = {str(spec): resolve_radius(pset, spec) for spec in ev.radii}
+        radii = {str(spec): pset.resolve_radius(spec) for spec in ev.radii}
         # A smoothed classifier is judged by its certificates (Table 9 has no PGD columns):
         # attacking its base model would measure another classifier.
         if smoothed is None:

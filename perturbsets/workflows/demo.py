@@ -29,7 +29,6 @@ from perturbsets.training.robust import (
     RobustReport,
     make_attack,
     reports_to_markdown,
-    resolve_radius,
     robust_evaluate,
     robust_train,
 )
@@ -95,7 +94,7 @@ def robust_config(mode: str, set_dir: Path, pset: PerturbationSet, *, quick: boo
         # percentile of the set's latent norms, so that the median radius can be certified.
         # (The set's ε, the maximum, is an outlier at about twice p75: a σ that reaches it
         # draws latents of norm ≈ σ√d ≈ 30, far outside the set, and the base model learns little.)
-        config.training.sigma = sigma_for_radius(resolve_radius(pset, SMOOTHING_RADIUS), n, alpha)
+        config.training.sigma = sigma_for_radius(pset.resolve_radius(SMOOTHING_RADIUS), n, alpha)
         config.evaluation.certify = CertifyConfig(n0=n0, n=n, alpha=alpha, batch_size=500, max_examples=examples)
     if quick:
         config.data.split = {"train": 256, "val": 64, "test": 32}

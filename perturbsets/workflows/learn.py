@@ -92,6 +92,7 @@ def learn_perturbation_set(
         architecture=config.model.architecture,
         options=config.model.options,
         value_range=tuple(config.data.value_range),
+        latent_norms=choice.stats,
     )
     report = assess(pset, result.splits.test, config, choice.stats, progress)
     pset.metrics = report.to_dict()
