@@ -32,7 +32,8 @@ from perturbsets import PerturbationSet
 from perturbsets.datasets.multi_illumination import mip_shape
 from perturbsets.classifiers.architectures import build_classifier
 from perturbsets.cvae.registry import build_cvae
-from perturbsets.certify.smoothing import SmoothedClassifier, clopper_pearson_lower
+from perturbsets.certify.smoothed import SmoothedClassifier
+from perturbsets.certify.statistics import clopper_pearson_lower
 
 PAPER_BATCH = {5: 64, 4: 32, 3: 16}
 GIB = 2**30

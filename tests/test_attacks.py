@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from perturbsets import PerturbationSet
-from perturbsets.attacks.latent_pgd import GradientMaskingWarning, LatentPGD
+from perturbsets.attacks.base import GradientMaskingWarning
+from perturbsets.attacks.latent_pgd import LatentPGD
 from perturbsets.cvae.model import CVAE
 from perturbsets.core.latent import latent_norm
 from perturbsets.cvae.registry import build_cvae

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from perturbsets.datasets import embedded as embedded
+from perturbsets.datasets import embedded
 from perturbsets.cli import main
 from perturbsets.config.schema import ConfigError, DataConfig
 from perturbsets.datasets.embedded import EmbeddedDataError, load_mnist5k

@@ -18,6 +18,7 @@ from perturbsets.core.latent import sample_truncated_normal
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.cvae.mnist import FCEncoder, FCGenerator
 from perturbsets.core.perturbation_set import MANIFEST, PerturbationSet
+from perturbsets.core.radius import LatentNormStats
 
 
 
@@ -425,3 +426,75 @@ def test_tampered_header_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         PerturbationSet.load(d)
+
+
+# ---------------------------------------------------------------------------- the conditioned view
+
+
+def test_conditioned_view_decodes_like_the_formula_written_out():
+    pset = _pset(dtype=torch.float64)
+    x, xt = _data(dtype=torch.float64)
+    u = torch.randn(5, 4, dtype=torch.float64)
+    mu, logvar = pset.cvae.prior(x)
+    by_hand = torch.sigmoid(pset.cvae.generator(mu + u * torch.exp(0.5 * logvar), x))
+    cond = pset.condition(x)
+    torch.testing.assert_close(cond.decode(u), by_hand)
+    torch.testing.assert_close(torch.sigmoid(cond.decode_logits(u)), by_hand)
+    mu_q, _ = pset.cvae.recognition(x, xt)
+    torch.testing.assert_close(cond.encode(xt), (mu_q - mu) / torch.exp(0.5 * logvar))
+
+
+def test_conditioned_view_select_and_repeat_equal_conditioning_the_gathered_inputs():
+    pset = _pset(dtype=torch.float64)
+    x, _ = _data(dtype=torch.float64)
+    index = torch.tensor([3, 0, 3, 4])
+    u = torch.randn(4, 4, dtype=torch.float64)
+    torch.testing.assert_close(pset.condition(x).select(index).decode(u), pset.condition(x[index]).decode(u))
+    u = torch.randn(15, 4, dtype=torch.float64)
+    torch.testing.assert_close(
+        pset.condition(x).repeat(3).decode(u), pset.condition(x.repeat_interleave(3, dim=0)).decode(u)
+    )
+
+
+def test_conditioned_view_gradcheck_in_u():
+    pset = _pset(dtype=torch.float64)
+    x, _ = _data(n=2, dtype=torch.float64)
+    cond = pset.condition(x)
+    u = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: cond.decode(v), (u,))
+
+
+def test_conditioned_view_bad_input():
+    pset = _pset()
+    x, xt = _data()
+    cond = pset.condition(x)
+    with pytest.raises(ValueError, match=r"expected \(5, 4\)"):
+        cond.decode(torch.zeros(4, 4))
+    with pytest.raises(TypeError, match="u must be a torch.Tensor"):
+        cond.decode([[0.0] * 4] * 5)
+    with pytest.raises(ValueError, match="x_tilde has 3 examples but x has 5"):
+        cond.encode(xt[:3])
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        cond.repeat(0)
+
+
+# ---------------------------------------------------------------------------- latent-norm statistics and radii
+
+
+def test_latent_norms_round_trip_and_resolve_percentiles(tmp_path):
+    stats = LatentNormStats(count=3, mean=1.0, std=0.5, min=0.5, max=1.5, percentiles={"p50": 1.0, "p75": 1.25})
+    pset = _pset(radius=1.5, latent_norms=stats)
+    loaded = PerturbationSet.load(pset.save(tmp_path / "set"))
+    assert loaded.latent_norms == stats
+    assert loaded.resolve_radius("p75") == 1.25 and loaded.resolve_radius("max") == 1.5 and loaded.resolve_radius(0.3) == 0.3
+    with pytest.raises(ValueError, match="stores no such percentile"):
+        loaded.resolve_radius("p90")
+
+
+def test_sets_saved_before_latent_norms_was_a_field_still_resolve_percentiles(tmp_path):
+    stats = {"count": 3, "mean": 1.0, "std": 0.5, "min": 0.5, "max": 1.5, "percentiles": {"p50": 1.0}}
+    directory = _pset(metrics={"latent_norms": stats}).save(tmp_path / "set")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    del manifest["latent_norms"]  # the manifest layout of earlier versions
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    assert PerturbationSet.load(directory).resolve_radius("p50") == 1.0

@@ -20,7 +20,6 @@ from perturbsets.core.quality import (
     QualityReport,
     approximation_errors,
     evaluate_quality,
-    latent_pgd,
     pixel_error,
 )
 from perturbsets.core.radius import norm_statistics
@@ -52,62 +51,6 @@ def _encoding_by_hand(cvae, x, xt, radius):
 def _probs_at(cvae, x, u):
     mu_p, logvar_p = cvae.prior(x)
     return torch.sigmoid(cvae.generator(mu_p + u * torch.exp(0.5 * logvar_p), x))
-
-
-# ---------------------------------------------------------------------------- latent PGD on a toy problem
-
-
-def _quadratic(c):
-    return lambda u: ((u - c) ** 2).sum(1)
-
-
-def test_latent_pgd_minimize_converges_to_constrained_minimiser():
-    gen = torch.Generator().manual_seed(0)
-    c = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 3
-    c = c * (2.0 / c.norm(dim=1, keepdim=True)) * torch.linspace(1.5, 4, 6, dtype=torch.float64).view(6, 1)
-    radius = 1.3
-    start = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 0.2
-    best, best_u = latent_pgd(_quadratic(c), start, radius, steps=300, step_size=0.05, maximize=False)
-    cn = c.norm(dim=1, keepdim=True)
-    expected_u = c * radius / cn
-    torch.testing.assert_close(best_u, expected_u, atol=2e-3, rtol=0)
-    torch.testing.assert_close(best, ((cn.squeeze(1) - radius) ** 2), atol=1e-4, rtol=1e-4)
-    assert (best_u.norm(dim=1) <= radius * (1 + 1e-9)).all()
-    assert best.shape == (6,) and best_u.shape == (6, 5)
-
-
-def test_latent_pgd_maximize_converges_to_antipode():
-    gen = torch.Generator().manual_seed(1)
-    c = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-    c = c / c.norm(dim=1, keepdim=True) * 2.5
-    radius = 1.0
-    start = torch.randn(4, 3, generator=gen, dtype=torch.float64) * 0.3
-    best, best_u = latent_pgd(_quadratic(c), start, radius, steps=300, step_size=0.05, maximize=True)
-    cn = c.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(best_u, -c * radius / cn, atol=2e-3, rtol=0)
-    torch.testing.assert_close(best, (cn.squeeze(1) + radius) ** 2, atol=1e-4, rtol=1e-4)
-
-
-def test_latent_pgd_keeps_best_iterate_and_start():
-    c = torch.tensor([[0.3, 0.0]], dtype=torch.float64)  # minimiser inside the ball
-    start = torch.tensor([[-0.5, 0.0]], dtype=torch.float64)
-    # fixed steps of 0.3 overshoot c; the best iterate is kept
-    best, best_u = latent_pgd(_quadratic(c), start, 1.0, steps=20, step_size=0.3, maximize=False)
-    assert best.item() <= 0.3**2 + 1e-12
-    assert _quadratic(c)(best_u).item() == pytest.approx(best.item())
-    # steps=0: the start is returned
-    best0, u0 = latent_pgd(_quadratic(c), start, 1.0, steps=0, step_size=0.3, maximize=False)
-    assert best0.item() == pytest.approx(0.64) and torch.equal(u0, start)
-    # a start that is already optimal is never replaced by a worse iterate
-    best1, u1 = latent_pgd(_quadratic(c), c.clone(), 1.0, steps=5, step_size=0.3, maximize=False)
-    assert best1.item() == 0.0 and torch.equal(u1, c)
-
-
-def test_latent_pgd_does_not_modify_input():
-    u = torch.zeros(2, 3)
-    c = torch.ones(2, 3)
-    latent_pgd(_quadratic(c), u, 1.0, steps=3, step_size=0.1, maximize=False)
-    assert torch.equal(u, torch.zeros(2, 3))
 
 
 # ---------------------------------------------------------------------------- pixel error

@@ -12,18 +12,13 @@ from safetensors.torch import load_file
 
 from perturbsets.training import robust as robust_mod
 from perturbsets import PerturbationSet
-from perturbsets.attacks.latent_pgd import AttackOutput
+from perturbsets.attacks.base import AttackOutput
 from perturbsets.cli import main
 from perturbsets.config.schema import ConfigError, RobustConfig, from_dict, to_dict
 from perturbsets.pairs.paired import PairedData
 from perturbsets.core.radius import LatentNormStats
 from perturbsets.cvae.registry import build_cvae
-from perturbsets.training.robust import (
-    read_certificates,
-    reports_to_markdown,
-    robust_evaluate,
-    robust_train,
-)
+from perturbsets.training.robust import read_certificates, reports_to_markdown, robust_evaluate, robust_train
 
 from oracles import algorithm_1_loop
 
@@ -267,7 +262,7 @@ def test_adversarial_training_trains_at_the_final_point_of_algorithm_1(set_dir):
 
 def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_path):
     """Clean = CERTIFY's prediction, perturbed and OOD = PREDICT on x̃, abstentions wrong; PGD attacks the base model."""
-    from perturbsets.certify.smoothing import ABSTAIN, SmoothedClassifier
+    from perturbsets.certify.smoothed import ABSTAIN, SmoothedClassifier
 
     certify = {"n0": 12, "n": 30, "alpha": 0.01, "batch_size": 64}
     cfg = config(set_dir, "smoothing", certify=certify)

@@ -14,9 +14,8 @@ from torch import nn
 
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.certify.smoothing import (
-    ABSTAIN,
-    SmoothedClassifier,
+from perturbsets.certify.smoothed import ABSTAIN, SmoothedClassifier
+from perturbsets.certify.statistics import (
     SmoothingWarning,
     certified_accuracy,
     certified_accuracy_curve,

@@ -1,63 +1,17 @@
-"""Attacks inside a learned perturbation set (paper Section 5, Appendix C, Algorithm 1).
-
-An attack is a small callable object: ``attack(x, y) -> AttackOutput(x_adv, u)``. The base
-class owns what every attack needs: eval mode for the attacked model (restored afterwards),
-input and label checks, and the device of the perturbation set.
-"""
+"""Latent PGD: projected gradient ascent on a model's loss inside a learned set (Algorithm 1)."""
 
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from perturbsets.cvae.model import Gaussian
-from perturbsets.core.latent import latent_norm, project, sample_uniform_ball, to_latent
+from perturbsets.attacks.base import Attack, AttackOutput, GradientMaskingWarning
+from perturbsets.classifiers.scoring import IGNORE_INDEX, check_labels, per_example_error, per_example_loss
+from perturbsets.core.latent import sample_uniform_ball
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.classifiers.scoring import (
-    IGNORE_INDEX,
-    check_labels,
-    eval_mode,
-    per_example_error,
-    per_example_loss,
-)
-
-
-SELECTIONS: tuple[str, ...] = ("final", "best")
-
-
-class GradientMaskingWarning(UserWarning):
-    """The attack's gradient through the generator is zero: the model may mask gradients."""
-
-
-class AttackOutput(NamedTuple):
-    """x_adv: (N, C, H, W) perturbed inputs in S(x); u: (N, latent_dim) their latent points."""
-
-    x_adv: Tensor
-    u: Tensor
-
-
-class Attack:
-    """Base class: attacks ``model`` within ``perturbation_set``.
-
-    Subclasses implement :meth:`perturb`; calling the attack puts the model in eval mode
-    (BatchNorm uses running statistics, nothing is updated) and restores its mode after.
-    """
-
-    def __init__(self, model: nn.Module, perturbation_set: PerturbationSet, *, ignore_index: int = IGNORE_INDEX) -> None:
-        self.model = model
-        self.perturbation_set = perturbation_set
-        self.ignore_index = ignore_index
-
-    def __call__(self, x: Tensor, y: Tensor) -> AttackOutput:
-        self.perturbation_set.check_input(x)
-        with eval_mode(self.model):
-            return self.perturb(x, y)
-
-    def perturb(self, x: Tensor, y: Tensor) -> AttackOutput:
-        raise NotImplementedError
+from perturbsets.core.pgd import SELECTIONS, AscentResult, projected_ascent
 
 
 class LatentPGD(Attack):
@@ -154,73 +108,53 @@ class LatentPGD(Attack):
     def perturb(self, x: Tensor, y: Tensor) -> AttackOutput:
         pset, model = self.perturbation_set, self.model
         n, dim = x.shape[0], pset.latent_dim
-        cvae = pset.cvae
         with torch.no_grad():
-            prior = cvae.prior_params(x)
-
+            cond = pset.condition(x)
         checked = False
 
-        def evaluate(u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-            """Logits and per-example losses at u for the examples ``idx`` (the active ones)."""
+        def objective(u: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+            """Per-example loss and success at u for the examples ``idx`` still being attacked."""
             nonlocal checked
-            part = Gaussian(prior.mean[idx], prior.logvar[idx])
-            logits = model(cvae.generate(to_latent(u.view(-1, *pset.latent_shape), part), x[idx]))
+            part = cond if idx.numel() == n else cond.select(idx)
+            logits = model(part.decode(u))
             if not checked:
                 check_labels(logits, y[idx], self.ignore_index)
                 checked = True
-            return logits, per_example_loss(logits, y[idx], self.ignore_index)
+            with torch.no_grad():
+                success = self._success(logits, y[idx])
+            return per_example_loss(logits, y[idx], self.ignore_index), success
 
-        best_u = torch.zeros(n, dim, device=x.device, dtype=x.dtype)
-        best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
-        best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best: AscentResult | None = None
         warned = False
         for _ in range(self.restarts):
-            u = (
+            start = (
                 sample_uniform_ball(n, dim, self.eps, self.generator, device=x.device, dtype=x.dtype)
                 if self.random_start
                 else torch.zeros(n, dim, device=x.device, dtype=x.dtype)
             )
-            active = torch.ones(n, dtype=torch.bool, device=x.device)
-            # Algorithm 1 with one start needs no forward pass at its final iterate.
-            last = self.steps if (self.select == "best" or self.restarts > 1) else self.steps - 1
-            for step in range(last + 1):
-                # Frozen examples (early stop) cost nothing: only the active ones are evaluated.
-                idx = active.nonzero().squeeze(1)
-                u_a = u[idx].requires_grad_(True)
-                with torch.enable_grad():
-                    logits, loss = evaluate(u_a, idx)
-                    grad = torch.autograd.grad(loss.sum(), u_a)[0] if step < self.steps else None
-                with torch.no_grad():
-                    u_a, loss = u_a.detach(), loss.detach()
-                    success = self._success(logits, y[idx])
-                    if self.early_stop:
-                        active[idx[success]] = False
-                    # Once every example is frozen, u is final.
-                    done = grad is None or not bool(active.any())
-                    # An example frozen now is at its final iterate: record it for select="final" too.
-                    record = torch.ones_like(success) if (self.select == "best" or done) else success & ~active[idx]
-                    held = best_success[idx]
-                    # Success beats failure; among equals the higher loss wins.
-                    better = record & ((success & ~held) | ((success == held) & (loss > best_loss[idx])))
-                    best_u[idx[better]] = u_a[better]
-                    best_loss[idx[better]] = loss[better]
-                    best_success[idx[record]] |= success[record]
-                    if done:
-                        break
-                    moving = active[idx]
-                    norms = latent_norm(grad)
-                    if not warned and step == 0 and bool((norms[moving] == 0).all()):
-                        warnings.warn(
-                            "the gradient of the loss through the generator is exactly zero for every example: the model "
-                            "may mask gradients (non-differentiable layers, saturated outputs), so this attack finds nothing",
-                            GradientMaskingWarning,
-                            stacklevel=3,
-                        )
-                        warned = True
-                    stepped = project(u_a + self.step_size * grad / norms.clamp_min(1e-12).unsqueeze(1), self.eps)
-                    u[idx[moving]] = stepped[moving]
-            if last < self.steps:
-                best_u = u
+            result = projected_ascent(
+                objective, start, self.eps, self.steps, self.step_size,
+                select=self.select, early_stop=self.early_stop,
+                # Algorithm 1 with one start needs no forward pass at its final iterate.
+                evaluate_final=self.restarts > 1,
+            )
+            if result.zero_gradient and not warned:
+                warnings.warn(
+                    "the gradient of the loss through the generator is exactly zero for every example: the model "
+                    "may mask gradients (non-differentiable layers, saturated outputs), so this attack finds nothing",
+                    GradientMaskingWarning,
+                    stacklevel=3,
+                )
+                warned = True
+            best = result if best is None else _worse_case(best, result)
+        assert best is not None  # restarts >= 1
         with torch.no_grad():
-            x_adv = cvae.generate(to_latent(best_u.view(n, *pset.latent_shape), prior), x)
-        return AttackOutput(x_adv.detach(), best_u)
+            x_adv = cond.decode(best.u)
+        return AttackOutput(x_adv.detach(), best.u)
+
+
+def _worse_case(a: AscentResult, b: AscentResult) -> AscentResult:
+    """Per example, the restart that succeeded, or else the one with the higher loss (ties keep ``a``)."""
+    better = (b.success & ~a.success) | ((b.success == a.success) & (b.value > a.value))
+    pick = lambda p, q: torch.where(better.view(-1, *([1] * (p.dim() - 1))), q, p)  # noqa: E731
+    return AscentResult(pick(a.u, b.u), pick(a.value, b.value), a.success | b.success, a.zero_gradient)

@@ -21,7 +21,7 @@ from perturbsets._util.io import atomic_path, write_json
 from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file
 from perturbsets.cvae.model import CVAE, Gaussian
 from perturbsets.core.radius import LatentNormStats, RadiusSpec
-from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal
+from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal, to_latent
 from perturbsets.cvae.registry import build_cvae
 
 MANIFEST = "perturbation_set.json"
@@ -117,46 +117,46 @@ class PerturbationSet:
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf values")
 
-    def _generate(self, x: Tensor, prior: Gaussian, u: Tensor) -> Tensor:
-        """g(μ(x) + u·σ(x), x) for u (N, m, latent_dim): (N, m, C, H, W), the prior computed once."""
-        n, m = u.shape[:2]
-        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
-        z = rep(prior.mean) + u.reshape(n * m, *self.latent_shape) * rep(prior.std)
-        return self.cvae.generate(z, rep(x)).view(n, m, *self.input_shape)
+    def condition(self, x: Tensor) -> "ConditionedSet":
+        """The set S(x) for the batch x (N, C, H, W): checks x and computes p(z | x) once.
+
+        Every use of the set (perturbing, sampling, quality metrics, attacks, smoothing)
+        decodes through the returned view, so z = μ(x) + u·σ(x) → g(z, x) lives in one place.
+
+        Example::
+
+            cond = pset.condition(x)
+            x_adv = cond.decode(u)          # u (N, latent_dim), differentiable
+        """
+        self.check_input(x)
+        return ConditionedSet(self, x, self.cvae.prior_params(x))
 
     # ------------------------------------------------------------------ the set
     def perturb(self, x: Tensor, u: Tensor) -> Tensor:
         """g(μ(x) + u·σ(x), x): x (N, C, H, W), u (N, latent_dim) → x' (N, C, H, W).
 
         Differentiable in u (attacks optimise through it). u is used as given: keep
-        ‖u‖₂ ≤ radius (see :func:`perturbsets.latent.project`) to stay inside S(x).
+        ‖u‖₂ ≤ radius (see :func:`perturbsets.core.latent.project`) to stay inside S(x).
         """
-        self.check_input(x)
-        n = x.shape[0]
-        if u.dim() < 1 or u.shape[0] != n or u.flatten(1).shape[1] != self.latent_dim:
-            raise ValueError(f"u has shape {tuple(u.shape)}; expected ({n}, {self.latent_dim}) for a batch of {n} inputs")
-        return self._generate(x, self.cvae.prior_params(x), u.reshape(n, 1, self.latent_dim))[:, 0]
+        return self.condition(x).decode(u)
 
     @torch.no_grad()
     def encode(self, x: Tensor, x_tilde: Tensor) -> Tensor:
         """u = (μ(x, x̃) − μ(x)) / σ(x), the posterior mean in prior coordinates: (N, latent_dim)."""
-        self.check_input(x)
-        self.check_input(x_tilde, "x_tilde")
-        u = relative_encoding(self.cvae.posterior_params(x, x_tilde), self.cvae.prior_params(x))
-        return u.flatten(1)
+        return self.condition(x).encode(x_tilde)
 
     @torch.no_grad()
     def sample(self, x: Tensor, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """Draw n perturbations of each input from the truncated prior: (N, n, C, H, W).
 
         u ~ N(0, I) conditioned on ‖u‖₂ ≤ ε (exact, see
-        :func:`perturbsets.latent.sample_truncated_normal`), then g(μ(x) + u·σ(x), x).
+        :func:`perturbsets.core.latent.sample_truncated_normal`), then g(μ(x) + u·σ(x), x).
         """
-        self.check_input(x)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        u = sample_truncated_normal(x.shape[0] * n, self.latent_dim, self.radius, generator, device=x.device, dtype=x.dtype)
-        return self._generate(x, self.cvae.prior_params(x), u.view(x.shape[0], n, self.latent_dim))
+        cond = self.condition(x).repeat(n)
+        u = sample_truncated_normal(cond.batch_size, self.latent_dim, self.radius, generator, device=x.device, dtype=x.dtype)
+        return cond.decode(u).view(x.shape[0], n, *self.input_shape)
 
     @torch.no_grad()
     def interpolate(self, x: Tensor, x_tilde_a: Tensor, x_tilde_b: Tensor, steps: int = 8) -> Tensor:
@@ -169,14 +169,11 @@ class PerturbationSet:
             raise ValueError(f"steps must be >= 2, got {steps}")
         for name, x_tilde in (("x_tilde_a", x_tilde_a), ("x_tilde_b", x_tilde_b)):
             self.check_input(x_tilde, name)
-        self.check_input(x)
-        prior = self.cvae.prior_params(x)
-        u_a, u_b = (
-            project(relative_encoding(self.cvae.posterior_params(x, xt), prior).flatten(1), self.radius)
-            for xt in (x_tilde_a, x_tilde_b)
-        )
+        cond = self.condition(x)
+        u_a, u_b = (project(cond.encode(xt), self.radius) for xt in (x_tilde_a, x_tilde_b))
         t = torch.linspace(0, 1, steps, device=x.device, dtype=u_a.dtype).view(1, steps, 1)
-        return self._generate(x, prior, (1 - t) * u_a.unsqueeze(1) + t * u_b.unsqueeze(1))
+        u = (1 - t) * u_a.unsqueeze(1) + t * u_b.unsqueeze(1)
+        return cond.repeat(steps).decode(u.flatten(0, 1)).view(x.shape[0], steps, *self.input_shape)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:
@@ -291,3 +288,80 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
             "The manifest was edited or damaged: save the set again"
         )
     return manifest
+
+
+class ConditionedSet:
+    """S(x) for one batch x: the set's generator with the prior p(z | x) computed once.
+
+    Latent points u are flat, shape (M, latent_dim), in prior coordinates; row i of u is
+    decoded with input i of the view. Views are cheap: :meth:`repeat` and :meth:`select`
+    gather rows of x and of the prior instead of recomputing it.
+
+    Example::
+
+        cond = pset.condition(x)                 # x (N, C, H, W)
+        u = cond.encode(x_tilde)                 # (N, latent_dim)
+        x_prime = cond.decode(project(u, pset.radius))
+        many = cond.repeat(16)                   # 16 draws per input, N·16 rows
+    """
+
+    def __init__(self, pset: PerturbationSet, x: Tensor, prior: Gaussian) -> None:
+        self.pset = pset
+        self.x = x
+        self.prior = prior
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    def _check_u(self, u: Tensor) -> Tensor:
+        dim = self.pset.latent_dim
+        if not isinstance(u, Tensor):
+            raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
+        if u.dim() < 1 or u.shape[0] != self.batch_size or u[0].numel() != dim:
+            raise ValueError(
+                f"u has shape {tuple(u.shape)}; expected ({self.batch_size}, {dim}) for a batch of {self.batch_size} inputs"
+            )
+        return u.reshape(self.batch_size, *self.pset.latent_shape)
+
+    def latent(self, u: Tensor) -> Tensor:
+        """z = μ(x) + u·σ(x): (N, *latent_shape)."""
+        return to_latent(self._check_u(u), self.prior)
+
+    def generate_logits(self, z: Tensor) -> Tensor:
+        """The generator's output before its activation, for latent codes z (N, *latent_shape)."""
+        return self.pset.cvae.generator(z, self.x)
+
+    def decode_logits(self, u: Tensor) -> Tensor:
+        """g's pre-activation output at z = μ(x) + u·σ(x): (N, C, H, W); what NLL metrics compare."""
+        return self.generate_logits(self.latent(u))
+
+    def decode(self, u: Tensor) -> Tensor:
+        """g(μ(x) + u·σ(x), x): (N, C, H, W) in the data range, differentiable in u."""
+        return self.pset.cvae.generate(self.latent(u), self.x)
+
+    def posterior(self, x_tilde: Tensor) -> Gaussian:
+        """q(z | x, x̃) for the view's inputs and x̃ (N, C, H, W)."""
+        self.pset.check_input(x_tilde, "x_tilde")
+        if x_tilde.shape[0] != self.batch_size:
+            raise ValueError(f"x_tilde has {x_tilde.shape[0]} examples but x has {self.batch_size}; pass pairs")
+        return self.pset.cvae.posterior_params(self.x, x_tilde)
+
+    def encode(self, x_tilde: Tensor, posterior: Gaussian | None = None) -> Tensor:
+        """u = (μ(x, x̃) − μ(x)) / σ(x), the posterior mean in prior coordinates: (N, latent_dim).
+
+        Pass ``posterior`` when it is already computed (:meth:`posterior`) to reuse it.
+        """
+        posterior = self.posterior(x_tilde) if posterior is None else posterior
+        return relative_encoding(posterior, self.prior).flatten(1)
+
+    def select(self, index: Tensor) -> "ConditionedSet":
+        """The view of the inputs ``index`` (M,) (repeats allowed), without recomputing the prior."""
+        return ConditionedSet(self.pset, self.x[index], Gaussian(self.prior.mean[index], self.prior.logvar[index]))
+
+    def repeat(self, m: int) -> "ConditionedSet":
+        """Each input m times in a row (N·m rows: input 0 m times, then input 1…), e.g. for many draws per input."""
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m}")
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
+        return ConditionedSet(self.pset, rep(self.x), Gaussian(rep(self.prior.mean), rep(self.prior.logvar)))

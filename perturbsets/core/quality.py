@@ -26,14 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perturbsets.cvae.model import kl_divergence
-from perturbsets.core.latent import (
-    latent_norm,
-    project,
-    relative_encoding,
-    sample_truncated_normal,
-    sample_uniform_ball,
-    to_latent,
-)
+from perturbsets.core.latent import project, sample_truncated_normal, sample_uniform_ball
+from perturbsets.core.pgd import projected_ascent
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.core.radius import LatentNormStats, PairLike
 
@@ -61,38 +55,6 @@ def pixel_error(pset: PerturbationSet, logits: Tensor, target: Tensor, metric: s
     return err.flatten(1).mean(1)
 
 
-def _normalised(grad: Tensor) -> Tensor:
-    norm = latent_norm(grad).clamp_min(1e-12)
-    return grad / norm.view(-1, *([1] * (grad.dim() - 1)))
-
-
-def latent_pgd(
-    error_fn, u: Tensor, radius: float, steps: int, step_size: float, maximize: bool
-) -> tuple[Tensor, Tensor]:
-    """Projected ℓ2 gradient steps on u (N, latent_dim) for a per-example ``error_fn``.
-
-    Each step moves every example by ``step_size`` along its normalised gradient (ascent
-    when ``maximize``) and projects back onto the ball. Returns the best value seen per
-    example (the start included) and the u achieving it.
-    """
-    u = u.detach().clone()
-    best_u = u.clone()
-    best = torch.full((u.shape[0],), -torch.inf if maximize else torch.inf, device=u.device, dtype=u.dtype)
-    sign = 1.0 if maximize else -1.0
-    for step in range(steps + 1):
-        u.requires_grad_(step < steps)
-        with torch.set_grad_enabled(step < steps):
-            value = error_fn(u)
-            grad = torch.autograd.grad(value.sum(), u)[0] if step < steps else None
-        with torch.no_grad():
-            better = value > best if maximize else value < best
-            best = torch.where(better, value.detach(), best)
-            best_u[better] = u.detach()[better]
-            if grad is not None:
-                u = project(u.detach() + sign * step_size * _normalised(grad), radius)
-    return best, best_u
-
-
 @torch.no_grad()
 def approximation_errors(
     pset: PerturbationSet,
@@ -107,23 +69,29 @@ def approximation_errors(
 ) -> dict[str, Tensor]:
     """The six metrics of Appendix B for a batch of pairs, each a tensor of shape (N,).
 
-    x, x̃: (N, C, H, W). PGD uses ``steps`` iterations of ``step_size`` (default ε/20).
+    x, x̃: (N, C, H, W). PGD uses ``steps`` iterations of ``step_size`` (default ε/20) of
+    :func:`perturbsets.core.pgd.projected_ascent`, keeping the best iterate.
     """
-    pset.check_input(x)
-    pset.check_input(x_tilde, "x_tilde")
-    cvae, radius = pset.cvae, pset.radius
+    cond = pset.condition(x)
+    posterior = cond.posterior(x_tilde)
+    radius = pset.radius
     step_size = radius / 20 if step_size is None else float(step_size)
     n, dim = x.shape[0], pset.latent_dim
-    prior = cvae.prior_params(x)
-    posterior = cvae.posterior_params(x, x_tilde)
 
     def error_at(u: Tensor) -> Tensor:
-        z = to_latent(u.view(-1, *pset.latent_shape), prior)
-        return pixel_error(pset, cvae.generator(z, x), x_tilde, metric)
+        return pixel_error(pset, cond.decode_logits(u), x_tilde, metric)
 
-    u_enc = project(relative_encoding(posterior, prior).flatten(1), radius)
+    def pgd(u: Tensor, sign: float) -> Tensor:
+        # Every example moves until the end, so the objective is always called on the whole batch.
+        result = projected_ascent(
+            lambda v, idx: (sign * error_at(v), torch.zeros(n, dtype=torch.bool, device=x.device)),
+            u, radius, steps, step_size, select="best",
+        )
+        return sign * result.value
+
+    u_enc = project(cond.encode(x_tilde, posterior), radius)
     out = {"enc_ae": error_at(u_enc)}
-    out["pgd_ae"], _ = latent_pgd(error_at, u_enc, radius, steps, step_size, maximize=False)
+    out["pgd_ae"] = pgd(u_enc, -1.0)
 
     # One draw per example at a time keeps memory at one batch, whatever eae_samples is.
     out["eae"] = sum(
@@ -131,12 +99,11 @@ def approximation_errors(
         for _ in range(eae_samples)
     ) / eae_samples
 
-    u_start = sample_uniform_ball(n, dim, radius, generator, device=x.device, dtype=x.dtype)
-    out["oae"], _ = latent_pgd(error_at, u_start, radius, steps, step_size, maximize=True)
+    out["oae"] = pgd(sample_uniform_ball(n, dim, radius, generator, device=x.device, dtype=x.dtype), 1.0)
 
     noise = torch.randn(posterior.mean.shape, generator=generator, device=x.device, dtype=x.dtype)
-    out["recon"] = pixel_error(pset, cvae.generator(posterior.rsample(noise), x), x_tilde, metric)
-    out["kl"] = kl_divergence(posterior, prior)
+    out["recon"] = pixel_error(pset, cond.generate_logits(posterior.rsample(noise)), x_tilde, metric)
+    out["kl"] = kl_divergence(posterior, cond.prior)
     return out
 
 

@@ -40,7 +40,8 @@ from perturbsets.training.loop import BEST, LATEST, StepOutput, derive_seed, fit
 from perturbsets.classifiers.architectures import build_classifier
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.reports.plots import plot_curve, plot_segmentation
-from perturbsets.certify.smoothing import SmoothedClassifier, certified_accuracy, certified_accuracy_curve
+from perturbsets.certify.smoothed import SmoothedClassifier
+from perturbsets.certify.statistics import certified_accuracy, certified_accuracy_curve
 from perturbsets.classifiers.scoring import (
     IGNORE_INDEX,
     Scorer,

@@ -32,7 +32,7 @@ from perturbsets.training.robust import (
     robust_evaluate,
     robust_train,
 )
-from perturbsets.certify.smoothing import max_certifiable_radius, sigma_for_radius
+from perturbsets.certify.statistics import max_certifiable_radius, sigma_for_radius
 
 DEMO_CONFIG = "mnist_rts.yaml"
 ROBUST_CONFIG = "mnist_robust.yaml"
