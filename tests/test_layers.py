@@ -29,7 +29,8 @@ LAYERS = (
     "evaluation interop",
     "reports",
     "workflows",
-    "cli __main__",
+    "cli",
+    "__main__",
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names.split()}
 
