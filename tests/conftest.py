@@ -12,6 +12,22 @@ import torch
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "state_dicts"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", default="cpu", choices=("cpu", "cuda"),
+        help="device for the tests that take the `device` fixture (cuda needs a GPU; CI runs cpu)",
+    )
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device chosen with ``--device``; tests using it run their numerics there."""
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda was given but no CUDA device is available")
+    return torch.device(name)
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Small tensors: one intra-op thread is faster and immune to CPU oversubscription."""

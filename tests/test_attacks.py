@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from builders import linear_set
 import torch
 from torch import nn
 
@@ -19,49 +20,6 @@ from perturbsets.classifiers.scoring import per_example_loss
 from oracles import algorithm_1_loop
 
 
-
-
-class StandardPrior(nn.Module):
-    """p(z | x) = N(0, I): z = u, so the latent ball is the plain ball."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        zeros = x.new_zeros(x.shape[0], self.dim)
-        return zeros, zeros
-
-
-class Recognition(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x, x_tilde):
-        zeros = x.new_zeros(x.shape[0], self.dim)
-        return zeros, zeros
-
-
-class ShiftGenerator(nn.Module):
-    """g(z, x) = x + W z, as logits of an identity-output Gaussian generator."""
-
-    def __init__(self, dim: int, pixels: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("w", torch.randn(pixels, dim, generator=g) * 0.5)
-
-    def forward(self, z, x):
-        return x + (z @ self.w.T).view_as(x)
-
-
-def toy_set(dim=2, shape=(1, 2, 2), radius=1.5) -> PerturbationSet:
-    pixels = math.prod(shape)
-    cvae = CVAE(
-        StandardPrior(dim), Recognition(dim), ShiftGenerator(dim, pixels),
-        input_shape=shape, latent_shape=(dim,), distribution="gaussian", output="identity",
-    )
-    return PerturbationSet(cvae, radius)
 
 
 class TanhClassifier(nn.Module):
@@ -92,7 +50,7 @@ def brute_force_max(pset, model, x, y, steps=400):
 
 
 def test_pgd_finds_the_brute_force_maximum():
-    pset = toy_set()
+    pset = linear_set()
     model = TanhClassifier(4)
     x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -120,7 +78,7 @@ def test_never_leaves_the_ball(random_start):
 
 
 def test_zero_steps_without_random_start_is_the_clean_point():
-    pset = toy_set()
+    pset = linear_set()
     model = TanhClassifier(4)
     x = torch.rand(3, 1, 2, 2)
     x_adv, u = LatentPGD(model, pset, steps=0, random_start=False)(x, torch.tensor([0, 1, 2]))
@@ -129,7 +87,7 @@ def test_zero_steps_without_random_start_is_the_clean_point():
 
 
 def test_early_stop_freezes_misclassified_examples():
-    pset = toy_set()
+    pset = linear_set()
     model = TanhClassifier(4)
     x = torch.rand(8, 1, 2, 2)
     with torch.no_grad():
@@ -156,7 +114,7 @@ def test_defaults_are_algorithm_1_all_steps_and_the_final_point():
 
 
 def test_attack_uses_eval_mode_and_restores_training_mode():
-    pset = toy_set()
+    pset = linear_set()
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).train()
     before = model[2].running_mean.clone()
     seen = []
@@ -175,13 +133,13 @@ class Quantised(nn.Module):
 
 
 def test_zero_gradient_warns_of_gradient_masking():
-    pset = toy_set()
+    pset = linear_set()
     with pytest.warns(GradientMaskingWarning, match="zero"):
         LatentPGD(Quantised(), pset, steps=2)(torch.rand(2, 1, 2, 2), torch.tensor([0, 0]))
 
 
 def test_larger_radius_than_the_set_needs_an_explicit_override():
-    pset = toy_set(radius=1.0)
+    pset = linear_set(radius=1.0)
     model = TanhClassifier(4)
     with pytest.raises(ValueError, match="exceeds the perturbation set's radius"):
         LatentPGD(model, pset, eps=2.0)
@@ -199,11 +157,11 @@ def test_larger_radius_than_the_set_needs_an_explicit_override():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        LatentPGD(TanhClassifier(4), toy_set(), **kwargs)
+        LatentPGD(TanhClassifier(4), linear_set(), **kwargs)
 
 
 def test_bad_labels_and_outputs():
-    pset = toy_set()
+    pset = linear_set()
     x = torch.rand(2, 1, 2, 2)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         LatentPGD(TanhClassifier(4), pset, steps=1)(x, torch.tensor([0, 3]))
@@ -221,7 +179,7 @@ class PixelModel(nn.Module):
 
 
 def test_segmentation_pixel_fraction_controls_success():
-    pset = toy_set(dim=2, shape=(1, 2, 2), radius=1.5)
+    pset = linear_set(dim=2, shape=(1, 2, 2), radius=1.5)
     x = torch.full((4, 1, 2, 2), 0.9)
     y = torch.zeros(4, 2, 2, dtype=torch.long)
     x_adv_any, _ = LatentPGD(PixelModel(), pset, steps=40, pixel_fraction=0.25, random_start=False)(x, y)

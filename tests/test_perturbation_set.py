@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from perturbsets import __version__
 from perturbsets._util.checkpoint import CheckpointError
 from perturbsets.cvae.model import CVAE
-from perturbsets.core.latent import sample_truncated_normal
+from builders import linear_set
+from perturbsets.core.latent import project, sample_truncated_normal
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.cvae.mnist import FCEncoder, FCGenerator
 from perturbsets.core.perturbation_set import MANIFEST, PerturbationSet
@@ -498,3 +499,23 @@ def test_sets_saved_before_latent_norms_was_a_field_still_resolve_percentiles(tm
     del manifest["latent_norms"]  # the manifest layout of earlier versions
     (directory / MANIFEST).write_text(json.dumps(manifest))
     assert PerturbationSet.load(directory).resolve_radius("p50") == 1.0
+
+
+# ---------------------------------------------------------------------------- the analytic linear set S(x) = {x + W u}
+
+
+def test_linear_set_operations_have_their_closed_forms(device):
+    pset = linear_set(dim=2, shape=(1, 2, 2), radius=1.5).to(device)
+    w = pset.cvae.generator.w
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 1, 2, 2, generator=gen).to(device)
+    u_true = torch.randn(6, 2, generator=gen).to(device)
+    x_tilde = x + (u_true @ w.T).view_as(x)
+    torch.testing.assert_close(pset.encode(x, x_tilde), u_true, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pset.perturb(x, u_true), x_tilde)
+    samples = pset.sample(x, n=7, generator=torch.Generator(device=device).manual_seed(0))
+    offsets = (samples - x.unsqueeze(1)).flatten(2)  # = W u for each draw
+    u = offsets @ torch.linalg.pinv(w).T
+    assert samples.shape == (6, 7, 1, 2, 2) and bool((u.norm(dim=2) <= 1.5 * (1 + 1e-5)).all())
+    path = pset.interpolate(x, x, x_tilde, steps=3)
+    torch.testing.assert_close(path[:, 1], x + 0.5 * (project(u_true, 1.5) @ w.T).view_as(x), atol=1e-5, rtol=1e-5)

@@ -7,11 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from builders import linear_set
 import torch
 import torch.distributions as D
 import torch.nn.functional as F
 
-from perturbsets.core.latent import sample_truncated_normal
+from perturbsets.core.latent import project, sample_truncated_normal
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.core.quality import (
@@ -223,3 +224,21 @@ def test_report_to_markdown_has_table4_headers():
     assert set(LABELS) == set(METRICS)
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len(rows) == 3 and all(r.count("|") == len(METRICS) + 3 for r in rows)
+
+
+def test_quality_metrics_on_the_analytic_linear_set(device):
+    """S(x) = {x + W u}: a pair inside the set has Enc AE = PGD AE = 0; OAE is the brute-force maximum."""
+    pset = linear_set(dim=2, shape=(1, 2, 2), radius=1.0).to(device)
+    w = pset.cvae.generator.w
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 1, 2, 2, generator=gen).to(device)
+    u = project(torch.randn(4, 2, generator=gen), 0.9).to(device)
+    x_tilde = x + (u @ w.T).view_as(x)
+    errs = approximation_errors(pset, x, x_tilde, steps=200, metric="mse", generator=torch.Generator(device=device).manual_seed(0))
+    assert errs["enc_ae"].abs().max() < 1e-10 and errs["pgd_ae"].abs().max() < 1e-10
+    # OAE: max over the disk of mean((W v − W u)²), on a fine polar grid.
+    r = torch.linspace(0, 1, 200)
+    t = torch.linspace(0, 2 * math.pi, 720)
+    grid = torch.stack([(r[:, None] * torch.cos(t)).flatten(), (r[:, None] * torch.sin(t)).flatten()], 1).to(device)
+    brute = torch.stack([(((grid - u[i]) @ w.T) ** 2).mean(1).max() for i in range(4)])
+    torch.testing.assert_close(errs["oae"], brute, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,81 @@
+"""Small objects many tests need, built one way: a tiny learned set, an analytic linear set, labelled pairs.
+
+Import them in test modules (``from builders import tiny_set``); ``conftest.py`` wraps the
+common ones as fixtures.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.cvae.model import CVAE
+from perturbsets.cvae.registry import build_cvae
+
+TINY_SHAPE = (1, 8, 8)
+TINY_OPTIONS = {"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4}
+
+
+def tiny_set(radius: float = 1.5, *, seed: int = 0, dtype: torch.dtype = torch.float32, **kwargs) -> PerturbationSet:
+    """An untrained ``mnist_fc`` set on 1×8×8 inputs with a 4-dimensional latent (a real architecture)."""
+    torch.manual_seed(seed)
+    cvae = build_cvae("mnist_fc", **TINY_OPTIONS, **kwargs.pop("cvae_options", {})).to(dtype)
+    return PerturbationSet(cvae, radius, architecture="mnist_fc", options=dict(TINY_OPTIONS), **kwargs)
+
+
+class StandardPrior(nn.Module):
+    """p(z | x) = N(0, I): z = u, so the latent ball is the plain ball."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        zeros = x.new_zeros(x.shape[0], self.dim)
+        return zeros, zeros
+
+
+class ShiftRecognition(nn.Module):
+    """q(z | x, x̃) = N(W⁺(x̃ − x), I): the exact encoding of a shift generator."""
+
+    def __init__(self, generator: "ShiftGenerator") -> None:
+        super().__init__()
+        self.register_buffer("pinv", torch.linalg.pinv(generator.w))
+
+    def forward(self, x, x_tilde):
+        mean = (x_tilde - x).flatten(1) @ self.pinv.T.to(x.dtype)
+        return mean, torch.zeros_like(mean)
+
+
+class ShiftGenerator(nn.Module):
+    """g(z, x) = x + W z, as the output of an identity-output Gaussian generator."""
+
+    def __init__(self, dim: int, pixels: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w", torch.randn(pixels, dim, generator=g) * 0.5)
+
+    def forward(self, z, x):
+        return x + (z @ self.w.T.to(z.dtype)).view_as(x)
+
+
+def linear_set(dim: int = 2, shape: tuple[int, int, int] = (1, 2, 2), radius: float = 1.5) -> PerturbationSet:
+    """S(x) = {x + W u : ‖u‖₂ ≤ ε}: every quantity of the set has a closed form (tests' analytic reference)."""
+    generator = ShiftGenerator(dim, math.prod(shape))
+    cvae = CVAE(
+        StandardPrior(dim), ShiftRecognition(generator), generator,
+        input_shape=shape, latent_shape=(dim,), distribution="gaussian", output="identity",
+    )
+    return PerturbationSet(cvae, radius)
+
+
+def labelled_images(n: int = 96, seed: int = 0, size: int = 8, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, x̃, y): class-dependent brightness (learnable), x̃ = x plus small clipped noise, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    images = (0.2 + 0.3 * y.view(-1, 1, 1, 1).float() + 0.1 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
+    perturbed = (images + 0.05 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+    return images, perturbed, y
