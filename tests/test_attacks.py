@@ -12,7 +12,6 @@ from torch import nn
 from perturbsets import PerturbationSet
 from perturbsets.attacks.base import GradientMaskingWarning
 from perturbsets.attacks.latent_pgd import LatentPGD
-from perturbsets.cvae.model import CVAE
 from perturbsets.core.latent import latent_norm
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.classifiers.scoring import per_example_loss
