@@ -93,6 +93,11 @@ class SmoothedClassifier:
         sigma: noise level σ > 0 of u ~ N(0, σ² I) in prior coordinates, the same units as
             the set's radius ε (choose it with :func:`sigma_for_radius`).
         num_classes: K ≥ 2.
+
+    Example::
+
+        smoothed = SmoothedClassifier(model, pset, sigma=sigma_for_radius(pset.radius, 10_000, 0.001), num_classes=10)
+        cert = smoothed.certify(x, n0=100, n=10_000, alpha=0.001, batch_size=1_000)  # cert.prediction, cert.radius
     """
 
     def __init__(

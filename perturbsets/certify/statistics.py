@@ -103,6 +103,10 @@ def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
     Appendix E.6 picks σ this way so that a certificate can just reach the set's ε: with
     n = 10,000 and α = 0.001, ε ∈ {2.7, 3.9, 10.2} gives σ ∈ {0.84, 1.22, 3.19}; with
     n = 1,000, ε = 17 gives 6.90 (Appendix F.3).
+
+    Example::
+
+        sigma_for_radius(10.2, n=10_000, alpha=0.001)  # 3.19, the largest CIFAR-10-C σ (Appendix E.6)
     """
     radius = float(radius)
     if not (radius > 0 and math.isfinite(radius)):
@@ -186,6 +190,10 @@ def certified_accuracy(radii, correct, thresholds) -> np.ndarray:
     radii and whether the certified prediction equals the label and is not an abstention
     (``(prediction == label) & (prediction != ABSTAIN)``). Returns an array shaped like
     ``thresholds`` with values in [0, 1] — the certified-accuracy curve of Figures 11 and 17.
+
+    Example::
+
+        certified_accuracy(cert.radius, (cert.prediction == y) & (cert.prediction != ABSTAIN), [0.0, 1.0])
     """
     radii = np.asarray(radii, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)

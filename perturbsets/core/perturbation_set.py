@@ -43,6 +43,14 @@ class PerturbationSet:
         metrics: quality metrics to store alongside (e.g. a quality report's summary).
         latent_norms: statistics of the validation latent norms the radius was chosen from;
             they name the percentile radii (``"p50"``) attacks and certification use.
+
+    Inputs are batches (N, C, H, W) of :attr:`input_shape` in :attr:`value_range`; latent
+    points u are (N, latent_dim).
+
+    Example::
+
+        pset = PerturbationSet.load("runs/mnist_rts/perturbation_set")
+        x_prime = pset.sample(x, n=8)      # (N, 8, C, H, W), inside S(x)
     """
 
     def __init__(

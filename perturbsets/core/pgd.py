@@ -59,6 +59,14 @@ def projected_ascent(
       last iterate is never evaluated, which saves one forward pass.
     * ``early_stop``: an example stops moving at its first successful iterate, and later
       iterations evaluate only the examples still moving.
+
+    ``radius`` is ε (a float or a tensor (N,)); ``objective`` is called as
+    ``objective(u_active, index)`` (see :data:`Objective`).
+
+    Example::
+
+        result = projected_ascent(lambda u, i: (loss(u, i), success(u, i)), torch.zeros(n, d), eps, 50, eps / 20)
+        u_adv = result.u
     """
     if select not in SELECTIONS:
         raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")

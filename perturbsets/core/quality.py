@@ -69,8 +69,21 @@ def approximation_errors(
 ) -> dict[str, Tensor]:
     """The six metrics of Appendix B for a batch of pairs, each a tensor of shape (N,).
 
-    x, x̃: (N, C, H, W). PGD uses ``steps`` iterations of ``step_size`` (default ε/20) of
-    :func:`perturbsets.core.pgd.projected_ascent`, keeping the best iterate.
+    Args:
+        pset: the learned set S(x).
+        x, x_tilde: pairs, (N, C, H, W) in the set's value range.
+        steps, step_size: PGD AE and OAE take ``steps`` steps of ``step_size`` (default
+            ε/20) of :func:`perturbsets.core.pgd.projected_ascent`, keeping the best iterate.
+        eae_samples: draws from the truncated prior N_ε(0, I) averaged for EAE.
+        metric: ``"nll"`` (the generator's own error term, as the paper's tables) or ``"mse"``.
+        generator: torch generator for the EAE draws, the OAE start and the Recon sample.
+
+    Returns ``{"enc_ae", "pgd_ae", "eae", "oae", "recon", "kl"}``, each of shape (N,).
+
+    Example::
+
+        errs = approximation_errors(pset, x, x_tilde, steps=50)
+        print(errs["pgd_ae"].mean(), errs["oae"].mean())
     """
     cond = pset.condition(x)
     posterior = cond.posterior(x_tilde)
@@ -170,7 +183,16 @@ def evaluate_quality(
     latent_norms: LatentNormStats | None = None,
     progress: bool = False,
 ) -> QualityReport:
-    """Run :func:`approximation_errors` over all batches and collect a :class:`QualityReport`."""
+    """Run :func:`approximation_errors` over all batches and collect a :class:`QualityReport` (Appendix B, Table 4).
+
+    ``batches`` yields objects with ``x`` and ``x_tilde`` (N, C, H, W), e.g. a pair source's
+    evaluation batches; the draws are seeded by ``seed``.
+
+    Example::
+
+        report = evaluate_quality(pset, test.evaluation_batches(256, seed=0), steps=50)
+        print(report.summary()["oae"].mean)
+    """
     from tqdm.auto import tqdm
 
     generator = torch.Generator(device=pset.device).manual_seed(seed)
