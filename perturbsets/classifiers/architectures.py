@@ -37,7 +37,17 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 
 def build_classifier(name: str, **options) -> nn.Module:
-    """Build the registered downstream model ``name`` with its keyword options."""
+    """Build the registered downstream model ``name`` with its keyword options (paper Appendices D–F).
+
+    Names: ``digits_cnn``, ``canvas_cnn``, ``preact_resnet18``, ``wideresnet_28_10``,
+    ``unet``. Models map (N, C, H, W) in [0, 1] to logits (N, K) or, for the U-Net,
+    (N, K, H, W).
+
+    Example::
+
+        model = build_classifier("wideresnet_28_10", num_classes=10)
+        logits = model(torch.rand(2, 3, 32, 32))  # (2, 10)
+    """
     return CLASSIFIERS.build(name, **options)
 
 

@@ -131,7 +131,13 @@ class MetricSummary:
 class QualityReport:
     """Per-example metrics of a perturbation set on a test set, with summaries.
 
-    per_example maps each of ``METRICS`` to an array of shape (num_pairs,).
+    per_example maps each of ``METRICS`` to an array of shape (num_pairs,); ``latent_norms``
+    are the validation statistics the radius came from (Table 8).
+
+    Example::
+
+        report = evaluate_quality(pset, batches)
+        report.summary()["pgd_ae"].mean, report.to_dict()["oae"]
     """
 
     radius: float

@@ -15,6 +15,14 @@ register_cvae = CVAE_ARCHITECTURES.register
 
 
 def build_cvae(name: str, **options) -> CVAE:
-    """Build the registered CVAE architecture ``name`` with its keyword options."""
+    """Build the registered CVAE architecture ``name`` with its keyword options (paper Appendices D–F).
+
+    Unknown names and options raise a ValueError naming the nearest valid one.
+
+    Example::
+
+        cvae = build_cvae("mnist_stn", distribution="bernoulli")
+        pset = PerturbationSet(cvae, radius=8.8, architecture="mnist_stn")
+    """
     return CVAE_ARCHITECTURES.build(name, **options)
 
