@@ -27,8 +27,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from perturbsets._util.checks import positive_int
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.pairs.paired import _positive_int
 from perturbsets.classifiers.scoring import eval_mode
 
 ABSTAIN = -1
@@ -152,7 +152,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     No certificate from n samples at level α can exceed it. It is negative when
     α^{1/n} < ½ (n < log₂(1/α)): then even a unanimous vote abstains.
     """
-    return _check_sigma(sigma) * _unanimous_quantile(_positive_int(n, "n"), _check_alpha(alpha))
+    return _check_sigma(sigma) * _unanimous_quantile(positive_int(n, "n"), _check_alpha(alpha))
 
 
 def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
@@ -165,7 +165,7 @@ def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
     radius = float(radius)
     if not (radius > 0 and math.isfinite(radius)):
         raise ValueError(f"radius must be a finite number > 0, got {radius}")
-    n, alpha = _positive_int(n, "n"), _check_alpha(alpha)
+    n, alpha = positive_int(n, "n"), _check_alpha(alpha)
     quantile = _unanimous_quantile(n, alpha)
     if quantile <= 0:
         raise ValueError(
@@ -207,7 +207,7 @@ def check_budget(
     elif radius is not None:
         raise ValueError("checking a radius needs the number of certification samples n")
     if predict_n is not None:
-        predict_n = _positive_int(predict_n, "predict_n")
+        predict_n = positive_int(predict_n, "predict_n")
         if math.log(2) + predict_n * math.log(0.5) > math.log(alpha):
             warnings.warn(
                 f"prediction with n={predict_n} at alpha={alpha} always abstains: even a unanimous vote has "
@@ -319,7 +319,7 @@ class SmoothedClassifier:
         produces one after another whatever the chunk size: on CPU, for a given generator
         state, the counts do not depend on ``batch_size``.
         """
-        return self._counts(x, _positive_int(n, "n"), _positive_int(batch_size, "batch_size"), generator)
+        return self._counts(x, positive_int(n, "n"), positive_int(batch_size, "batch_size"), generator)
 
     def _counts(self, x: Tensor, n: int, batch_size: int, generator: torch.Generator | None) -> Tensor:
         pset = self.perturbation_set
@@ -383,7 +383,7 @@ class SmoothedClassifier:
         probability ≥ 1 − α, it is the smoothed classifier's prediction. Shapes: see
         :class:`Prediction`. Warns when n is too small to ever reach p ≤ α.
         """
-        n, batch_size, alpha = _positive_int(n, "n"), _positive_int(batch_size, "batch_size"), _check_alpha(alpha)
+        n, batch_size, alpha = positive_int(n, "n"), positive_int(batch_size, "batch_size"), _check_alpha(alpha)
         check_budget(self.sigma, None, alpha, predict_n=n)
         counts = self._counts(x, n, batch_size, generator).cpu()
         # On a tie the order of the two indices is arbitrary, but the p-value is then 1.
@@ -429,8 +429,8 @@ class SmoothedClassifier:
         triggers a :class:`SmoothingWarning` if no input could be certified that far with
         this σ, n, α. Shapes and abstentions: see :class:`Certificate`.
         """
-        n0, n = _positive_int(n0, "n0"), _positive_int(n, "n")
-        batch_size, alpha = _positive_int(batch_size, "batch_size"), _check_alpha(alpha)
+        n0, n = positive_int(n0, "n0"), positive_int(n, "n")
+        batch_size, alpha = positive_int(batch_size, "batch_size"), _check_alpha(alpha)
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
         tau = float(tau)
