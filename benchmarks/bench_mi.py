@@ -140,7 +140,7 @@ def loading(batches: int = 10, batch_size: int = 64) -> None:
 
     from perturbsets.datasets.multi_illumination import load_multi_illumination, write_numpy_batches
     from perturbsets.datasets.tiny import write_tiny_multi_illumination
-    from perturbsets.pairs.versioned import JointCropFlip
+    from perturbsets.pairs.augment import JointCropFlip
 
     with tempfile.TemporaryDirectory() as tmp:
         scenes = write_tiny_multi_illumination(Path(tmp) / "scenes", np.random.default_rng(0), mip=5, scenes={"train": 40})

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perturbsets._util.checks import check_value_range
 from perturbsets._util.registry import Registry
 
 __all__ = [
@@ -85,16 +86,6 @@ def _check_generator(generator: torch.Generator | None, device: torch.device, wh
         )
 
 
-def _check_value_range(value_range: Any, what: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}: value_range must be a pair (low, high), got {value_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"{what}: value_range must be finite with low < high, got ({lo}, {hi})")
-    return lo, hi
-
-
 def _check_rts_ranges(angle: float, scale: Any, translate: float) -> tuple[float, tuple[float, float], float]:
     angle, translate = float(angle), float(translate)
     if not (math.isfinite(angle) and angle >= 0):
@@ -139,7 +130,7 @@ def linf_noise(
     epsilon = float(epsilon)
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"linf_noise: epsilon must be a finite number > 0, got {epsilon}")
-    lo, hi = _check_value_range(value_range, "linf_noise")
+    lo, hi = check_value_range(value_range, "linf_noise")
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x + (2 * noise - 1) * epsilon).clamp_(lo, hi)
 
@@ -304,7 +295,7 @@ class LinfNoise:
         self.epsilon = float(self.epsilon)
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"LinfNoise: epsilon must be a finite number > 0, got {self.epsilon}")
-        self.value_range = _check_value_range(self.value_range, "LinfNoise")
+        self.value_range = check_value_range(self.value_range, "LinfNoise")
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W); see :func:`linf_noise`."""

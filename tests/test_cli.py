@@ -10,7 +10,7 @@ import yaml
 
 from perturbsets import PerturbationSet
 from perturbsets.cli import main
-from perturbsets.pairs.paired import load_digits
+from perturbsets.datasets.digits import load_digits
 
 METRIC_KEYS = {"radius", "enc_ae", "pgd_ae", "eae", "oae", "recon", "kl", "latent_norms"}
 

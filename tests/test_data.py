@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits as sk_load_digits
 
-from perturbsets.pairs.paired import DataSplits, PairBatch, PairedData, load_digits, load_pair_folder
+from perturbsets.datasets.digits import load_digits
+from perturbsets.datasets.folder import load_pair_folder
+from perturbsets.pairs.batch import DataSplits, PairBatch
+from perturbsets.pairs.paired import PairedData
 from perturbsets.perturbations import RTS, LinfNoise
 
 # --------------------------------------------------------------------------- fixtures

@@ -33,7 +33,9 @@ from perturbsets.datasets.formats import (
     load_mnist,
     read_idx,
 )
-from perturbsets.pairs.versioned import JointCropFlip, LazyStack, VersionedData
+from perturbsets.pairs.augment import JointCropFlip
+from perturbsets.pairs.lazy import LazyStack
+from perturbsets.pairs.versioned import VersionedData
 
 RNG = np.random.default_rng(0)
 

@@ -20,7 +20,7 @@ from perturbsets.datasets.multi_illumination import (
 )
 from perturbsets.classifiers.scoring import IGNORE_INDEX
 from perturbsets.datasets.tiny import write_tiny_multi_illumination
-from perturbsets.pairs.versioned import JointCropFlip
+from perturbsets.pairs.augment import JointCropFlip
 
 # The 36 classes as listed in shared/reference/official-implementation.md §4.6.
 REFERENCE_CLASSES = (

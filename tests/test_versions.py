@@ -1,4 +1,4 @@
-"""VersionedData (pairing strategies of paper Appendix E.2), LazyStack, JointCropFlip, Augmented.
+"""VersionedData (pairing strategies of paper Appendix E.2), LazyStack, JointCropFlip, with_augment.
 
 Most checks use a *tagged* dataset: pixel 0 of version v of example n holds n and pixel 1
 holds v, so every batch can be decoded back to (example, version of x, version of x̃)
@@ -12,8 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perturbsets.pairs.paired import PairBatch, PairedData, load_digits
-from perturbsets.pairs.versioned import PAIRINGS, Augmented, JointCropFlip, LazyStack, VersionedData
+from perturbsets.datasets.digits import load_digits
+from perturbsets.pairs.augment import JointCropFlip
+from perturbsets.pairs.batch import PairBatch
+from perturbsets.pairs.lazy import LazyStack
+from perturbsets.pairs.paired import PairedData
+from perturbsets.pairs.versioned import PAIRINGS, VersionedData
 
 # --------------------------------------------------------------------------- helpers
 
@@ -409,10 +413,10 @@ def test_versioned_data_augments_training_batches_only():
         assert torch.equal(a.x, b.x) and torch.equal(a.x_tilde, b.x_tilde)
 
 
-def test_augmented_wrapper_for_paired_data():
+def test_with_augment_for_paired_data():
     x = torch.randint(1, 21, (40, 1, 8, 8), generator=torch.Generator().manual_seed(0)).float() / 40
     paired = PairedData.from_tensors(x, torch.stack([x * 0.5, x * 2], 1), torch.arange(40))
-    wrapped = Augmented(paired, JointCropFlip(pad=2, crop=None))
+    wrapped = paired.with_augment(JointCropFlip(pad=2, crop=None))
     assert len(wrapped) == 40 and wrapped.image_shape == (1, 8, 8) and wrapped.num_pairs == 80
     changed = 0
     for a, b in zip(wrapped.batches(10, shuffle=True, seed=1), paired.batches(10, shuffle=True, seed=1)):
@@ -423,10 +427,10 @@ def test_augmented_wrapper_for_paired_data():
     ev = [b.x for b in wrapped.evaluation_batches(16, seed=0)]
     assert all(torch.equal(p, q.x) for p, q in zip(ev, paired.evaluation_batches(16, seed=0)))
     parts = wrapped.split({"train": 30, "val": 5, "test": 5}, seed=0)
-    assert isinstance(parts.train, Augmented) and isinstance(parts.val, PairedData)
-    assert isinstance(wrapped.subset([0, 1]), Augmented)
-    with pytest.raises(ValueError, match="twice"):
-        Augmented(VersionedData(tagged(2, 2), augment=JointCropFlip(pad=0, crop=None)), JointCropFlip())
+    assert parts.train.augment is not None and parts.val.augment is None and parts.test.augment is None
+    assert wrapped.subset([0, 1]).augment is not None and paired.augment is None
+    with pytest.raises(ValueError, match="callable"):
+        paired.with_augment("cropflip")
 
 
 # --------------------------------------------------------------------------- duck typing with the loops

@@ -37,7 +37,7 @@ from perturbsets.certify.statistics import (
 )
 from perturbsets.classifiers.scoring import eval_mode
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.pairs.paired import _positive_int
+from perturbsets._util.checks import positive_int
 
 ABSTAIN = -1
 CORRECTIONS: tuple[str, ...] = ("none", "bonferroni", "holm")
@@ -133,7 +133,7 @@ class SmoothedClassifier:
         produces one after another whatever the chunk size: on CPU, for a given generator
         state, the counts do not depend on ``batch_size``.
         """
-        return self._counts(x, _positive_int(n, "n"), _positive_int(batch_size, "batch_size"), generator)
+        return self._counts(x, positive_int(n, "n"), positive_int(batch_size, "batch_size"), generator)
 
     def _counts(self, x: Tensor, n: int, batch_size: int, generator: torch.Generator | None) -> Tensor:
         pset = self.perturbation_set
@@ -194,7 +194,7 @@ class SmoothedClassifier:
         probability ≥ 1 − α, it is the smoothed classifier's prediction. Shapes: see
         :class:`Prediction`. Warns when n is too small to ever reach p ≤ α.
         """
-        n, batch_size, alpha = _positive_int(n, "n"), _positive_int(batch_size, "batch_size"), check_alpha(alpha)
+        n, batch_size, alpha = positive_int(n, "n"), positive_int(batch_size, "batch_size"), check_alpha(alpha)
         check_budget(self.sigma, None, alpha, predict_n=n)
         counts = self._counts(x, n, batch_size, generator).cpu()
         # On a tie the order of the two indices is arbitrary, but the p-value is then 1.
@@ -240,8 +240,8 @@ class SmoothedClassifier:
         triggers a :class:`SmoothingWarning` if no input could be certified that far with
         this σ, n, α. Shapes and abstentions: see :class:`Certificate`.
         """
-        n0, n = _positive_int(n0, "n0"), _positive_int(n, "n")
-        batch_size, alpha = _positive_int(batch_size, "batch_size"), check_alpha(alpha)
+        n0, n = positive_int(n0, "n0"), positive_int(n, "n")
+        batch_size, alpha = positive_int(batch_size, "batch_size"), check_alpha(alpha)
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
         tau = float(tau)

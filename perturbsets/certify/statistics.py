@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from perturbsets.pairs.paired import _positive_int
+from perturbsets._util.checks import positive_int
 
 
 class SmoothingWarning(UserWarning):
@@ -94,7 +94,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     No certificate from n samples at level α can exceed it. It is negative when
     α^{1/n} < ½ (n < log₂(1/α)): then even a unanimous vote abstains.
     """
-    return check_sigma(sigma) * _unanimous_quantile(_positive_int(n, "n"), check_alpha(alpha))
+    return check_sigma(sigma) * _unanimous_quantile(positive_int(n, "n"), check_alpha(alpha))
 
 
 def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
@@ -111,7 +111,7 @@ def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
     radius = float(radius)
     if not (radius > 0 and math.isfinite(radius)):
         raise ValueError(f"radius must be a finite number > 0, got {radius}")
-    n, alpha = _positive_int(n, "n"), check_alpha(alpha)
+    n, alpha = positive_int(n, "n"), check_alpha(alpha)
     quantile = _unanimous_quantile(n, alpha)
     if quantile <= 0:
         raise ValueError(
@@ -153,7 +153,7 @@ def check_budget(
     elif radius is not None:
         raise ValueError("checking a radius needs the number of certification samples n")
     if predict_n is not None:
-        predict_n = _positive_int(predict_n, "predict_n")
+        predict_n = positive_int(predict_n, "predict_n")
         if math.log(2) + predict_n * math.log(0.5) > math.log(alpha):
             warnings.warn(
                 f"prediction with n={predict_n} at alpha={alpha} always abstains: even a unanimous vote has "

@@ -31,7 +31,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from perturbsets.datasets.cifar10c_generator import CORRUPTIONS, OOD_CORRUPTIONS, TRAIN_CORRUPTIONS
-from perturbsets.pairs.versioned import JointAugmentation, LazyStack, VersionedData
+from perturbsets.pairs.augment import JointAugmentation
+from perturbsets.pairs.lazy import LazyStack
+from perturbsets.pairs.versioned import VersionedData
 
 __all__ = [
     "TRAIN_CORRUPTIONS",

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from perturbsets.datasets.formats import DatasetFormatError, _open_npy
-from perturbsets.pairs.versioned import JointAugmentation, VersionedData
+from perturbsets.pairs.augment import JointAugmentation
+from perturbsets.pairs.versioned import VersionedData
 
 __all__ = [
     "MATERIALS",

@@ -23,195 +23,34 @@ The reference version r is ``reference_version`` (default 0, where
 MI enumeration also counted the 25 pairs ``i == j`` per scene (625 instead of 600); no
 strategy here does, except ``fixed``.
 
-:class:`VersionedData` has the interface of :class:`perturbsets.data.PairedData`
-(``batches``, ``evaluation_batches``, ``split``, ``subset``, ``num_batches``, ...), so the
-CVAE training loop, robust training and evaluation take it unchanged. The versions may be
-a tensor, a numpy array, a memory-mapped ``.npy`` (possibly transposed from NHWC), or a
-:class:`LazyStack` of per-version memory maps: only the rows of a batch are ever read, and
-uint8 is decoded to float32 one batch at a time, so CIFAR-10-C's 600,000 training
+:class:`VersionedData` is a :class:`~perturbsets.pairs.source.PairSource` like
+:class:`~perturbsets.pairs.paired.PairedData` (``batches``, ``evaluation_batches``,
+``split``, ``subset``, ``num_batches``, ``with_augment``, ...), so the CVAE training loop,
+robust training and evaluation take it unchanged. The versions may be a tensor, a numpy
+array, a memory-mapped ``.npy`` (possibly transposed from NHWC), or a
+:class:`~perturbsets.pairs.lazy.LazyStack` of per-version memory maps: only the rows of a
+batch are ever read, and uint8 is decoded to float32 one batch at a time, so CIFAR-10-C's 600,000 training
 perturbations never sit in memory as float32 (the authors' loader held ≈7.4 GB, defect 46).
-
-:class:`JointCropFlip` is the pad / random-crop / horizontal-flip augmentation of paper
-Appendices E.1 and F.1, applied identically to both images of a pair. The authors' version
-silently returned its inputs unchanged (defect 13); this one is tested to move pixels.
-:class:`Augmented` adds it (or any joint augmentation) to a :class:`PairedData`.
 """
 
 from __future__ import annotations
 
-import math
-import operator
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from perturbsets.pairs.paired import (
-    DataSplits,
-    JointAugmentation,
-    PairBatch,
-    PairedData,
-    PairSource,
-    _as_index,
-    _check_values,
-    _generator,
-    _non_negative_int,
-    _positive_int,
-    _SCAN_ELEMENTS,
-    _STREAM_CHOICE,
-    _STREAM_ORDER,
-    augmented_batches,
-)
-from perturbsets.perturbations import _check_value_range
-from perturbsets.classifiers.scoring import IGNORE_INDEX
+from perturbsets._util.checks import check_array_values, check_tensor_values, check_value_range, non_negative_int
+from perturbsets._util.seeding import DataStream, epoch_generator
+from perturbsets.pairs.augment import JointAugmentation, check_augment
+from perturbsets.pairs.batch import PairBatch
+from perturbsets.pairs.source import PairSource
+from perturbsets.pairs.splits import subset_index
 
-__all__ = [
-    "PAIRINGS",
-    "LazyStack",
-    "VersionedData",
-    "JointCropFlip",
-    "Augmented",
-    "JointAugmentation",
-]
+__all__ = ["PAIRINGS", "VersionedData"]
 
 PAIRINGS = ("centered", "with_original", "perturbed_only", "fixed")
-
-
-# --------------------------------------------------------------------------- LazyStack
-
-
-def _int_or_none(value: Any) -> int | None:
-    """``value`` as a Python int if it is an integer scalar (not bool), else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-class LazyStack:
-    """A lazy ``np.stack(parts, axis=1)``: shape (N, K, *S) without copying the parts.
-
-    Stacking the 12 memory-mapped CIFAR-10-C corruption files would copy 1.8 GB; this
-    object keeps the K memory maps and reads only the rows an index asks for.
-
-    Args:
-        parts: K arrays of identical shape (N, *S) and dtype (numpy arrays, memory maps or
-            CPU tensors, which are viewed as numpy without copying).
-
-    Indexing (the first two axes only; the result is always an in-memory numpy array):
-        ``stack[rows]`` -> (B, K, *S) (``rows`` an int gives (K, *S)); ``stack[rows, k]`` with
-        an int ``k`` -> part k's rows; ``stack[rows, slice]`` stacks the selected parts;
-        ``stack[rows, cols]`` with integer arrays (broadcast together) -> (*broadcast, *S),
-        element ``[b]`` = ``parts[cols[b]][rows[b]]``, read with one fancy index per
-        distinct version (never a per-sample loop). ``np.asarray(stack)`` materialises all.
-    """
-
-    def __init__(self, parts: Sequence[Any]) -> None:
-        parts = list(parts)
-        if not parts:
-            raise ValueError("LazyStack needs at least one part")
-        arrays = []
-        for k, part in enumerate(parts):
-            if isinstance(part, Tensor):
-                if part.device.type != "cpu":
-                    raise ValueError(f"LazyStack part {k} is on {part.device}; move it to the CPU first")
-                part = part.numpy()
-            if not hasattr(part, "shape") or not hasattr(part, "dtype") or not hasattr(part, "__getitem__"):
-                raise ValueError(f"LazyStack part {k} must be an array (numpy array or memory map), got {type(part).__name__}")
-            arrays.append(part)
-        shape, dtype = tuple(arrays[0].shape), np.dtype(arrays[0].dtype)
-        if len(shape) < 1:
-            raise ValueError("LazyStack parts must have at least one axis (the example axis)")
-        for k, part in enumerate(arrays):
-            if tuple(part.shape) != shape or np.dtype(part.dtype) != dtype:
-                raise ValueError(
-                    f"LazyStack part {k} has shape {tuple(part.shape)} and dtype {np.dtype(part.dtype)} but part 0 has "
-                    f"{shape} and {dtype}; all parts must match"
-                )
-        self._parts = arrays
-        self._part_shape = shape
-        self._dtype = dtype
-
-    @property
-    def parts(self) -> list[Any]:
-        """The K stacked arrays (not copied)."""
-        return list(self._parts)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """(N, K, *S)."""
-        return (self._part_shape[0], len(self._parts), *self._part_shape[1:])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self._part_shape[0]
-
-    def __repr__(self) -> str:
-        return f"LazyStack(shape={self.shape}, dtype={self._dtype}, parts={len(self._parts)})"
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.stack([np.asarray(p) for p in self._parts], axis=1)
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if len(key) > 2 or any(k is Ellipsis or k is None for k in key):
-            raise IndexError(
-                f"LazyStack indexes the (example, version) axes only, got {len(key)} index entries; "
-                "index the result for further axes"
-            )
-        rows = key[0]
-        cols = key[1] if len(key) == 2 else slice(None)
-        if isinstance(rows, Tensor):
-            rows = rows.cpu().numpy()
-        if isinstance(cols, Tensor):
-            cols = cols.cpu().numpy()
-        k = _int_or_none(cols)
-        if k is not None:
-            return np.asarray(self._parts[range(len(self._parts))[k]][rows])
-        if isinstance(cols, slice):
-            chosen = range(len(self._parts))[cols]
-            axis = 0 if _int_or_none(rows) is not None else 1
-            if not chosen:
-                probe = np.asarray(self._parts[0][rows])
-                return np.empty(probe.shape[:axis] + (0,) + probe.shape[axis:], dtype=self._dtype)
-            return np.stack([np.asarray(self._parts[i][rows]) for i in chosen], axis=axis)
-        cols = np.asarray(cols)
-        if cols.dtype.kind not in "iu":
-            raise IndexError(f"LazyStack version index must be integers, got dtype {cols.dtype}")
-        n_parts = len(self._parts)
-        if cols.size and (cols.min() < -n_parts or cols.max() >= n_parts):
-            raise IndexError(f"version index out of range for {n_parts} versions")
-        cols = np.where(cols < 0, cols + n_parts, cols)
-        if isinstance(rows, slice):
-            # numpy's arr[slice, int_array] for a 1-D array: the selected parts, stacked.
-            if cols.ndim != 1:
-                raise IndexError("LazyStack[slice, cols] needs a 1-D cols array")
-            if not cols.size:
-                return self[rows, slice(0, 0)]
-            return np.stack([np.asarray(self._parts[int(k)][rows]) for k in cols], axis=1)
-        rows = np.asarray(rows)
-        if rows.dtype.kind not in "iu":
-            raise IndexError(f"LazyStack example index must be integers, got dtype {rows.dtype}")
-        rows, cols = np.broadcast_arrays(rows, cols)
-        flat_rows, flat_cols = rows.reshape(-1), cols.reshape(-1)
-        out = np.empty((flat_rows.size, *self._part_shape[1:]), dtype=self._dtype)
-        # One fancy index per distinct version: at most K reads, whatever the batch size.
-        for version in np.unique(flat_cols):
-            sel = flat_cols == version
-            out[sel] = self._parts[int(version)][flat_rows[sel]]
-        return out.reshape(*rows.shape, *self._part_shape[1:])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -226,36 +65,6 @@ def _is_memory_mapped(array: Any) -> bool:
     import mmap
 
     return isinstance(array, mmap.mmap)
-
-
-def _scan_numpy(array: Any, name: str, value_range: tuple[float, float], uint8: bool) -> None:
-    """Chunked NaN/Inf and range scan of an array-like (mirrors data._check_values)."""
-    n = array.shape[0]
-    per_row = max(1, int(np.prod(array.shape[1:])))
-    rows = max(1, _SCAN_ELEMENTS // per_row)
-    non_finite, lo, hi = 0, math.inf, -math.inf
-    for start in range(0, n, rows):
-        chunk = np.asarray(array[start : start + rows])
-        if not uint8:
-            bad = chunk.size - int(np.count_nonzero(np.isfinite(chunk)))
-            if bad:
-                non_finite += bad
-                continue
-        if chunk.size:
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-    if non_finite:
-        raise ValueError(f"{name} contains {non_finite} NaN/Inf value(s); remove or repair those images")
-    if lo == math.inf:
-        return
-    if uint8:
-        lo, hi = lo / 255.0, hi / 255.0
-    r_lo, r_hi = value_range
-    tol = 1e-5 * (r_hi - r_lo)
-    if lo < r_lo - tol or hi > r_hi + tol:
-        raise ValueError(
-            f"{name} values lie in [{lo:.4g}, {hi:.4g}] but value_range is {value_range}; "
-            f"rescale your data to [{r_lo:g}, {r_hi:g}] or pass value_range=..."
-        )
 
 
 def _pair_table(pairing: str, num_versions: int, reference: int) -> Tensor:
@@ -333,22 +142,25 @@ class VersionedData(PairSource):
         versions: (N, V, C, H, W) uint8 (decoded to float32 / 255 per batch) or float
             (values in ``value_range``), or (N, V, H, W, C) with ``channels_last=True``.
             A torch tensor, a numpy array, a memory map (e.g. ``np.load(f, mmap_mode="r")``,
-            possibly ``.transpose(0, 1, 4, 2, 3)``-ed from NHWC), a :class:`LazyStack`,
-            or any object with ``shape``, ``dtype`` and numpy-style ``obj[rows, cols]``
-            integer-array indexing. Never copied or read whole.
+            possibly ``.transpose(0, 1, 4, 2, 3)``-ed from NHWC), a
+            :class:`~perturbsets.pairs.lazy.LazyStack`, or any object with ``shape``,
+            ``dtype`` and numpy-style ``obj[rows, cols]`` integer-array indexing. Never
+            copied or read whole.
         labels: optional (N,) integer labels (held in memory as int64), or (N, H, W)
             integer label maps for segmentation (e.g. material maps), which may be lazy
             like ``versions`` (only a batch's rows are read). An augmentation then also
             receives and crops the maps: ``augment(x, x_tilde, generator, labels=y)``
-            must return ``(x, x_tilde, y)`` (:class:`JointCropFlip` does, filling its
-            padding with :data:`~perturbsets.tasks.IGNORE_INDEX`).
+            must return ``(x, x_tilde, y)`` (:class:`~perturbsets.pairs.augment.JointCropFlip`
+            does, filling its padding with
+            :data:`~perturbsets.classifiers.scoring.IGNORE_INDEX`).
         pairing: one of :data:`PAIRINGS` (see the module docstring).
         reference_version: the clean / reference version r (default 0).
         value_range: (low, high) of the decoded values.
         channels_last: ``versions`` is (N, V, H, W, C); batches are permuted to NCHW.
         augment: optional joint augmentation ``(x, x_tilde, generator) -> (x, x_tilde)``
-            (e.g. :class:`JointCropFlip`), applied in ``batches(mode="sample")`` only.
-            :meth:`split` keeps it on the training part and drops it from val and test.
+            (e.g. :class:`~perturbsets.pairs.augment.JointCropFlip`), applied in
+            ``batches(mode="sample")`` only, as :meth:`with_augment` sets it. :meth:`split`
+            keeps it on the training part and drops it from val and test.
             Keep the crop equal to the image size so batches match :attr:`image_shape`.
         check_values: scan every value for NaN/Inf and the range. ``None`` (default)
             scans in-memory data and skips memory maps and lazy objects, where a scan
@@ -371,7 +183,7 @@ class VersionedData(PairSource):
         augment: JointAugmentation | None = None,
         check_values: bool | None = None,
     ) -> None:
-        value_range = _check_value_range(value_range, "VersionedData")
+        value_range = check_value_range(value_range, "VersionedData")
         if not hasattr(versions, "shape") or not hasattr(versions, "dtype") or not hasattr(versions, "__getitem__"):
             raise ValueError(
                 f"versions must be an (N, V, C, H, W) array, tensor or LazyStack, got {type(versions).__name__}"
@@ -398,10 +210,9 @@ class VersionedData(PairSource):
                 uint8 = False
             else:
                 raise ValueError(f"versions must be uint8 or float, got dtype {dtype}")
-        reference_version = _non_negative_int(reference_version, "reference_version")
+        reference_version = non_negative_int(reference_version, "reference_version")
         pairing = _check_pairing(pairing, v, reference_version)
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be callable as augment(x, x_tilde, generator), got {augment!r}")
+        check_augment(augment)
 
         # Value scan: uint8 always decodes into [0, 1], so it only needs one when the
         # declared range is narrower than that.
@@ -412,9 +223,9 @@ class VersionedData(PairSource):
             )
         if needs_scan and check_values:
             if isinstance(versions, Tensor):
-                _check_values(versions.cpu(), "versions", value_range)
+                check_tensor_values(versions.cpu(), "versions", value_range)
             else:
-                _scan_numpy(versions, "versions", value_range, uint8)
+                check_array_values(versions, "versions", value_range, uint8)
 
         if labels is not None:
             labels = _check_version_labels(labels, n, tuple(shape[2:4] if channels_last else shape[3:5]))
@@ -433,7 +244,7 @@ class VersionedData(PairSource):
         self._uint8 = uint8
         self._table = _pair_table(pairing, int(versions.shape[1]), reference)
 
-    def _derive(self, *, ids=..., pairing=None, reference=None, augment=...) -> VersionedData:
+    def _derive(self, *, ids=..., pairing=None, reference=None) -> VersionedData:
         out = VersionedData.__new__(VersionedData)
         out._init(
             self._versions,
@@ -443,7 +254,7 @@ class VersionedData(PairSource):
             self._reference if reference is None else reference,
             self._value_range,
             self._channels_last,
-            self._augment if augment is ... else augment,
+            self._augment,
             self._uint8,
         )
         return out
@@ -491,10 +302,6 @@ class VersionedData(PairSource):
         return self._reference
 
     @property
-    def augment(self) -> JointAugmentation | None:
-        return self._augment
-
-    @property
     def pair_table(self) -> Tensor:
         """(P, 2) int64 version indices (i, j) of the P pairs of each example, in ``mode="all"`` order."""
         return self._table.clone()
@@ -539,37 +346,14 @@ class VersionedData(PairSource):
 
     def with_pairing(self, pairing: str, reference_version: int | None = None) -> VersionedData:
         """The same examples (shared storage) under another pairing strategy."""
-        reference = self._reference if reference_version is None else _non_negative_int(reference_version, "reference_version")
+        reference = self._reference if reference_version is None else non_negative_int(reference_version, "reference_version")
         _check_pairing(pairing, self.num_versions, reference)
         return self._derive(pairing=pairing, reference=reference)
 
-    def with_augment(self, augment: JointAugmentation | None) -> VersionedData:
-        """The same examples with another (or, with None, no) training augmentation."""
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be callable as augment(x, x_tilde, generator), got {augment!r}")
-        return self._derive(augment=augment)
-
     def subset(self, indices: Tensor | np.ndarray | Sequence[int]) -> VersionedData:
         """The examples at ``indices`` (in that order) with all their versions; shares storage."""
-        idx = _as_index(indices, "indices")
-        n = len(self)
-        bad = (idx < -n) | (idx >= n)
-        if bool(bad.any()):
-            raise ValueError(f"indices has values outside [-{n}, {n - 1}] (e.g. {int(idx[bad][0])}) for {n} examples")
-        idx = torch.where(idx < 0, idx + n, idx)
+        idx = subset_index(indices, len(self), "indices", "examples")
         return self._derive(ids=idx if self._ids is None else self._ids[idx])
-
-    def split(self, sizes: Mapping[str, int | float] | Sequence[int | float], seed: int) -> DataSplits:
-        """Split by example (all versions of an example go to one part) into train/val/test.
-
-        Same sizes and assignment as :meth:`PairedData.split` (its code is reused): the
-        parts of N examples are identical to those of a PairedData of N images. The
-        training part keeps ``augment``; val and test get none, so validation never sees
-        training augmentation (the authors' CIFAR-10 split did, defect 15).
-        """
-        parts = PairedData.split(_IndexSplitter(len(self)), sizes, seed)  # type: ignore[arg-type]
-        train = self.subset(parts.train)
-        return DataSplits(train, self.subset(parts.val).with_augment(None), self.subset(parts.test).with_augment(None))
 
     # ----------------------------------------------------------------- iteration
 
@@ -589,7 +373,7 @@ class VersionedData(PairSource):
         p = self.pairs_per_example
         items = torch.arange(self._num_items(mode))
         if shuffle:
-            items = items[torch.randperm(items.numel(), generator=_generator(seed, epoch, _STREAM_ORDER, cpu))]
+            items = items[torch.randperm(items.numel(), generator=epoch_generator(seed, epoch, DataStream.ORDER, cpu))]
         if mode == "versions":
             examples, version = items // self.num_versions, items % self.num_versions
         elif mode == "all":
@@ -598,12 +382,9 @@ class VersionedData(PairSource):
             # Uniform over the P ordered pairs == "i uniform, then j uniform among the
             # valid others" (every i has the same number of partners), in one draw.
             examples = items
-            pair_pos = torch.randint(p, (items.numel(),), generator=_generator(seed, epoch, _STREAM_CHOICE, cpu))
+            pair_pos = torch.randint(p, (items.numel(),), generator=epoch_generator(seed, epoch, DataStream.CHOICE, cpu))
         vi, vj = (version, version) if mode == "versions" else self._table[pair_pos].unbind(1)
-        batches = self._read(batch_size, examples, vi, vj, mode, device, drop_last)
-        if mode == "sample" and self._augment is not None:
-            return augmented_batches(batches, self._augment, seed, epoch, device)
-        return batches
+        return self._read(batch_size, examples, vi, vj, mode, device, drop_last)
 
     def _read(
         self, batch_size: int, examples: Tensor, vi: Tensor, vj: Tensor, mode: str, device: torch.device, drop_last: bool
@@ -649,204 +430,3 @@ class VersionedData(PairSource):
         # Decode after the move: uint8 crosses to the GPU 4× smaller than float32.
         out = out.float().div_(255.0) if self._uint8 else out.float()
         return out.contiguous()
-
-
-class _IndexSplitter:
-    """Stands in for a dataset of n items in PairedData.split, whose subsets are the indices."""
-
-    def __init__(self, n: int) -> None:
-        self._n = n
-
-    def __len__(self) -> int:
-        return self._n
-
-    def subset(self, indices: Tensor) -> Tensor:
-        return indices
-
-
-# --------------------------------------------------------------------------- JointCropFlip
-
-
-def _pair_of_ints(value: Any, name: str) -> tuple[int, int]:
-    if _int_or_none(value) is not None:
-        value = (value, value)
-    try:
-        a, b = value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}") from None
-    return _positive_int(a, name), _positive_int(b, name)
-
-
-class JointCropFlip:
-    """Zero-pad, random crop and random horizontal flip, shared by x and x̃ of each pair.
-
-    The standard CIFAR-10 augmentation (paper Appendix E.1: ``pad=4, crop=(32, 32)``;
-    Multi-Illumination, Appendix F.1: pad 10/20/40 at MIP5/4/3). Each pair gets its own
-    crop offset and flip, and both of its images get exactly the same ones, so the pair
-    stays pixel-aligned. The whole batch is cropped by one ``torch.gather``.
-
-    Args:
-        pad: zero padding added on every side (>= 0).
-        crop: output (height, width) (an int for a square); ``None`` keeps the input size.
-            Must fit in the padded image.
-        flip: flip each pair horizontally with probability ½.
-        fill: value of the padding (0 = black, as torchvision's zero padding).
-
-    Call ``aug(x, x_tilde, generator)`` with (B, C, H, W) tensors (x_tilde may have a
-    different C) -> the augmented pair; ``aug(x, x_tilde, generator, labels=y)`` with
-    (B, H, W) label maps also crops and flips them (padding -> ``IGNORE_INDEX``). :meth:`draw` and :meth:`apply` split the random
-    draw from its application (e.g. to apply the same crop to a label map).
-    """
-
-    def __init__(self, pad: int = 4, crop: int | tuple[int, int] | None = (32, 32), flip: bool = True, fill: float = 0.0) -> None:
-        self.pad = _non_negative_int(pad, "pad")
-        self.crop = None if crop is None else _pair_of_ints(crop, "crop")
-        self.flip = bool(flip)
-        self.fill = float(fill)
-
-    def __repr__(self) -> str:
-        return f"JointCropFlip(pad={self.pad}, crop={self.crop}, flip={self.flip})"
-
-    def _crop_size(self, height: int, width: int) -> tuple[int, int]:
-        ch, cw = (height, width) if self.crop is None else self.crop
-        if ch > height + 2 * self.pad or cw > width + 2 * self.pad:
-            raise ValueError(
-                f"crop {ch}x{cw} does not fit in {height}x{width} images padded by {self.pad} "
-                f"({height + 2 * self.pad}x{width + 2 * self.pad})"
-            )
-        return ch, cw
-
-    def draw(
-        self, batch: int, height: int, width: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Random (top, left, flip), each (batch,): crop offsets in the padded image and flags."""
-        ch, cw = self._crop_size(height, width)
-        top = torch.randint(height + 2 * self.pad - ch + 1, (batch,), generator=generator, device=device)
-        left = torch.randint(width + 2 * self.pad - cw + 1, (batch,), generator=generator, device=device)
-        if self.flip:
-            flip = torch.rand(batch, generator=generator, device=device) < 0.5
-        else:
-            flip = torch.zeros(batch, dtype=torch.bool, device=device)
-        return top, left, flip
-
-    def _source_index(self, b: int, h: int, w: int, top: Tensor, left: Tensor, flip: Tensor, device) -> tuple[Tensor, Tensor]:
-        """(B, ch·cw) flat source pixel of every output pixel, and (B, ch, cw) whether it lies in the image."""
-        ch, cw = self._crop_size(h, w)
-        top, left, flip = top.to(device), left.to(device), flip.to(device)
-        # Source row/column of every output pixel in the *unpadded* image; the padding is
-        # never materialised: out-of-image positions are filled afterwards.
-        rows = top[:, None] + torch.arange(ch, device=device) - self.pad  # (B, ch)
-        base = torch.arange(cw, device=device)
-        cols = torch.where(flip[:, None], cw - 1 - base, base) + left[:, None] - self.pad  # (B, cw)
-        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-        flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
-        return flat.reshape(b, ch * cw), inside
-
-    def apply(
-        self, x: Tensor, x_tilde: Tensor, top: Tensor, left: Tensor, flip: Tensor, labels: Tensor | None = None
-    ) -> tuple[Tensor, ...]:
-        """Crop ``[top, top+h) × [left, left+w)`` of each zero-padded pair, then flip where ``flip``.
-
-        ``labels`` (B, H, W) label maps, if given, get the same crop and flip, with
-        :data:`~perturbsets.tasks.IGNORE_INDEX` in the padding: padded pixels are never
-        scored (the authors padded material maps with 0, the real class "Brick", defect 19).
-        Returns ``(x, x_tilde)``, or ``(x, x_tilde, labels)`` when labels are given.
-        """
-        if x.dim() != 4 or x_tilde.dim() != 4:
-            raise ValueError(f"JointCropFlip takes (B, C, H, W) batches, got {tuple(x.shape)} and {tuple(x_tilde.shape)}")
-        b, c1, h, w = x.shape
-        if (x_tilde.shape[0], *x_tilde.shape[2:]) != (b, h, w):
-            raise ValueError(f"x {tuple(x.shape)} and x_tilde {tuple(x_tilde.shape)} must share batch size, height and width")
-        if labels is not None and tuple(labels.shape) != (b, h, w):
-            raise ValueError(f"labels {tuple(labels.shape)} must be (B, H, W) = ({b}, {h}, {w}) to match the images")
-        ch, cw = self._crop_size(h, w)
-        flat, inside = self._source_index(b, h, w, top, left, flip, x.device)
-        both = torch.cat([x, x_tilde.to(x.dtype)], 1).reshape(b, c1 + x_tilde.shape[1], h * w)
-        out = torch.gather(both, 2, flat[:, None].expand(-1, both.shape[1], -1))
-        out = out.view(b, -1, ch, cw).masked_fill(~inside[:, None], self.fill)
-        if labels is None:
-            return out[:, :c1], out[:, c1:].to(x_tilde.dtype)
-        inside_l = inside.to(labels.device)
-        labels = labels.long()  # IGNORE_INDEX (-100) must fit the padding
-        cropped = torch.gather(labels.reshape(b, h * w), 1, flat.to(labels.device)).view(b, ch, cw)
-        return out[:, :c1], out[:, c1:].to(x_tilde.dtype), cropped.masked_fill(~inside_l, IGNORE_INDEX)
-
-    def __call__(
-        self, x: Tensor, x_tilde: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
-    ) -> tuple[Tensor, ...]:
-        if x.dim() != 4:
-            raise ValueError(f"JointCropFlip takes (B, C, H, W) batches, got {tuple(x.shape)}")
-        top, left, flip = self.draw(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
-        return self.apply(x, x_tilde, top, left, flip, labels)
-
-
-# --------------------------------------------------------------------------- Augmented
-
-
-class Augmented:
-    """Any paired data (e.g. a :class:`PairedData`) with a joint augmentation on training batches.
-
-    ``Augmented(PairedData(...), JointCropFlip(pad=4))`` behaves like the wrapped data, but
-    ``batches(mode="sample")`` applies ``augment(x, x_tilde, generator)`` to every batch
-    with a generator seeded by (seed, epoch). ``mode="all"`` and ``evaluation_batches``
-    are never augmented; :meth:`split` wraps only the training part. Every other
-    attribute is the wrapped object's. (:class:`VersionedData` takes ``augment=``
-    directly.)
-    """
-
-    def __init__(self, data: Any, augment: JointAugmentation) -> None:
-        if not callable(augment):
-            raise ValueError(f"augment must be callable as augment(x, x_tilde, generator), got {augment!r}")
-        if getattr(data, "augment", None) is not None:
-            raise ValueError("the data already has an augmentation; wrapping it would augment every batch twice")
-        self._data = data
-        self._augment = augment
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("_data", "_augment"):  # not set yet (e.g. during unpickling)
-            raise AttributeError(name)
-        return getattr(self._data, name)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"Augmented({self._data!r}, {self._augment!r})"
-
-    @property
-    def data(self) -> Any:
-        return self._data
-
-    @property
-    def augment(self) -> JointAugmentation:
-        return self._augment
-
-    def subset(self, indices: Any) -> Augmented:
-        return Augmented(self._data.subset(indices), self._augment)
-
-    def split(self, sizes: Any, seed: int) -> DataSplits:
-        parts = self._data.split(sizes, seed)
-        return DataSplits(Augmented(parts.train, self._augment), parts.val, parts.test)
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int = 0,
-        mode: str = "sample",
-        device: torch.device | str = "cpu",
-        drop_last: bool = False,
-    ) -> Iterator[PairBatch]:
-        inner = self._data.batches(
-            batch_size, shuffle=shuffle, seed=seed, epoch=epoch, mode=mode, device=device, drop_last=drop_last
-        )
-        if mode != "sample":
-            return inner
-        return augmented_batches(inner, self._augment, seed, epoch, torch.device(device))
-
-    def evaluation_batches(
-        self, batch_size: int, *, seed: int, passes: int = 1, device: torch.device | str = "cpu", max_pairs: int | None = None
-    ) -> Iterator[PairBatch]:
-        return self._data.evaluation_batches(batch_size, seed=seed, passes=passes, device=device, max_pairs=max_pairs)

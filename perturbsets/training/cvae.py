@@ -26,7 +26,8 @@ import torch
 
 from perturbsets.config.schema import Config
 from perturbsets.cvae.model import CVAE
-from perturbsets.pairs.paired import DataSplits, PairBatch, PairedData
+from perturbsets.pairs.batch import DataSplits, PairBatch
+from perturbsets.pairs.paired import PairedData
 from perturbsets.workflows.sources import load_splits
 from perturbsets.training.loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
 from perturbsets.cvae.registry import build_cvae

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from perturbsets._util.io import write_json
 from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
 from perturbsets.config.schema import save_config, to_dict
-from perturbsets.pairs.paired import PairBatch, PairSource
+from perturbsets.pairs.batch import PairBatch
+from perturbsets.pairs.source import PairSource
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"

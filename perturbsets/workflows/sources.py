@@ -25,10 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from perturbsets._util.checks import check_value_range
 from perturbsets._util.registry import unknown_name_message
-from perturbsets.pairs.paired import DataSplits, PairedData, load_digits, load_pair_folder
-from perturbsets.perturbations import _check_value_range, build_perturbation
-from perturbsets.pairs.versioned import Augmented, JointCropFlip
+from perturbsets.datasets.digits import load_digits
+from perturbsets.datasets.folder import load_pair_folder
+from perturbsets.pairs.augment import JointCropFlip
+from perturbsets.pairs.batch import DataSplits
+from perturbsets.pairs.paired import PairedData
+from perturbsets.perturbations import build_perturbation
 
 OFFICIAL_TEST = ("mnist", "cifar10", "cifar10c", "multi_illumination")
 
@@ -86,7 +90,7 @@ def _official(config: Any, split: str, seed: int, value_range) -> Any:
         images, labels = datasets.load_cifar10(root, split, check_size=config.check_size)
         data = _clean_pairs(torch.from_numpy(images), torch.from_numpy(labels), config, seed, value_range)
         augment = _augment(config)
-        return Augmented(data, augment) if augment is not None and split == "train" else data
+        return data.with_augment(augment) if augment is not None and split == "train" else data
     corruptions = config.corruptions or list(datasets.TRAIN_CORRUPTIONS)
     return datasets.load_cifar10c_versioned(
         root,
@@ -142,7 +146,7 @@ def _mnist5k(config: Any, seed: int, value_range) -> DataSplits:
 
 def load_pairs(config: Any, seed: int) -> PairedData:
     """The single pool of pairs of a ``digits``, ``folder`` or ``npz`` source."""
-    value_range = _check_value_range(tuple(config.value_range), "data.value_range")
+    value_range = check_value_range(tuple(config.value_range), "data.value_range")
     if config.source == "digits":
         images, labels = load_digits(config.canvas)
         return _clean_pairs(images, labels, config, seed, value_range)
@@ -168,7 +172,7 @@ def load_test(config: Any, seed: int) -> Any:
         raise ValueError(f"data.source {config.source!r} needs data.path, the folder holding the dataset")
     if config.source == "multi_illumination":
         return _multi_illumination(config, "test")
-    return _official(config, "test", seed, _check_value_range(tuple(config.value_range), "data.value_range"))
+    return _official(config, "test", seed, check_value_range(tuple(config.value_range), "data.value_range"))
 
 
 def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
@@ -178,7 +182,7 @@ def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
     ``config.split`` deterministically from ``seed``.
     """
     if config.source == "mnist5k" and data is None:
-        return _mnist5k(config, seed, _check_value_range(tuple(config.value_range), "data.value_range"))
+        return _mnist5k(config, seed, check_value_range(tuple(config.value_range), "data.value_range"))
     if data is not None or config.source not in OFFICIAL_TEST:
         data = load_pairs(config, seed) if data is None else data
         return data.split(config.split, seed=seed)
@@ -193,7 +197,7 @@ def load_splits(config: Any, seed: int, data: Any = None) -> DataSplits:
         )
     if config.path is None:
         raise ValueError(f"data.source {config.source!r} needs data.path, the folder holding the dataset")
-    value_range = _check_value_range(tuple(config.value_range), "data.value_range")
+    value_range = check_value_range(tuple(config.value_range), "data.value_range")
     parts = _official(config, "train", seed, value_range).split({**sizes, "test": 0}, seed=seed)
     return DataSplits(parts.train, parts.val, _official(config, "test", seed, value_range))
 
