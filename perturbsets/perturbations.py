@@ -284,7 +284,16 @@ def rts(
 
 @dataclass
 class LinfNoise:
-    """Callable config for :func:`linf_noise` (MNIST setting: ε = 0.3 on [0, 1])."""
+    """Callable config for :func:`linf_noise` (MNIST setting of Appendix D.1: ε = 0.3 on [0, 1]).
+
+    ``noise(x, generator) -> x̃``: x (N, C, H, W) in ``value_range``; x̃ the same shape, with
+    ‖x̃ − x‖∞ ≤ ε and clipped to the range.
+
+    Example::
+
+        noise = LinfNoise(epsilon=0.3)
+        x_tilde = noise(x, torch.Generator().manual_seed(0))
+    """
 
     epsilon: float = 0.3
     value_range: tuple[float, float] = (0.0, 1.0)
@@ -304,7 +313,16 @@ class LinfNoise:
 
 @dataclass
 class RTS:
-    """Callable config for :func:`rts` (MNIST-RTS: ±45°, scale [0.7, 1.3], ±7 px on 42×42)."""
+    """Callable config for :func:`rts` (MNIST-RTS of Appendix D.2: ±45°, scale [0.7, 1.3], ±7 px on 42×42).
+
+    ``transform(x, generator) -> x̃``: a random rotation, scaling and translation per image
+    of x (N, C, H, W), bilinear, zero padding.
+
+    Example::
+
+        x_tilde = RTS()(x, torch.Generator().manual_seed(0))   # x (N, 1, 42, 42)
+        data = PairedData(x, labels, perturbation=RTS())         # fresh RTS pairs every epoch
+    """
 
     angle: float = 45.0
     scale: tuple[float, float] = (0.7, 1.3)
