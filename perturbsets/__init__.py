@@ -33,6 +33,8 @@ _API: dict[str, str] = {
     "build_cvae": "perturbsets.cvae.registry",
     "build_classifier": "perturbsets.classifiers.architectures",
     # pairs and synthetic perturbations
+    "PairedData": "perturbsets.pairs.paired",
+    "VersionedData": "perturbsets.pairs.versioned",
     "LinfNoise": "perturbsets.perturbations",
     "RTS": "perturbsets.perturbations",
     # attack and certification
@@ -67,4 +69,6 @@ if TYPE_CHECKING:
     from perturbsets.core.quality import QualityReport, approximation_errors, evaluate_quality
     from perturbsets.core.radius import RadiusSpec
     from perturbsets.cvae.registry import build_cvae
+    from perturbsets.pairs.paired import PairedData
+    from perturbsets.pairs.versioned import VersionedData
     from perturbsets.perturbations import RTS, LinfNoise

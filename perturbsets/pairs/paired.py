@@ -75,6 +75,11 @@ class PairedData(PairSource):
 
     Stored pairs are kept in image-major order: :attr:`perturbed` and :attr:`owner` list
     the perturbations of image 0 first, then image 1, etc. (stable within an image).
+
+    Example::
+
+        data = PairedData.from_tensors(images, perturbed, labels)   # your own pairs (x, x̃)
+        splits = data.split({"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
     """
 
     def __init__(

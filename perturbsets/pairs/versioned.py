@@ -169,6 +169,11 @@ class VersionedData(PairSource):
     Raises:
         ValueError: wrong shapes or dtypes, too few versions for the pairing, a bad
             reference version, labels of the wrong length, or out-of-range values.
+
+    Example::
+
+        data = VersionedData(corrupted, labels, pairing="centered")   # corrupted (N, V, C, H, W)
+        batch = next(iter(data.batches(128, shuffle=True, seed=0)))  # batch.x, batch.x_tilde
     """
 
     def __init__(
