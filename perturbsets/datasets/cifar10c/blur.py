@@ -119,8 +119,9 @@ def defocus_blur(x8, p, rng):
 
 
 def motion_blur(x8, p, rng):
-    """ImageMagick motion blur (:func:`motion_blur_kernel`) of the uint8 image at a random
-    angle U(-45, 45); the result is already uint8. (``cifar10c.md`` Section 3.)
+    """ImageMagick motion blur (:func:`~perturbsets.datasets.cifar10c.imageops.motion_blur_kernel`)
+    of the uint8 image at a random angle U(-45, 45); the result is already uint8.
+    (``cifar10c.md`` Section 3.)
     """
     radius, sigma = p
     angles = rng.uniform(-45, 45, size=x8.shape[0])

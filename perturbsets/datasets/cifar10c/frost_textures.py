@@ -167,6 +167,7 @@ def load_frost_textures(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
 
 
 def check_frost_textures(textures) -> list[np.ndarray]:
+    """``textures`` as a list of arrays, after checking each is uint8 RGB larger than one crop."""
     out = []
     for t in textures:
         t = np.asarray(t)

@@ -59,8 +59,8 @@ scipy 1.17, fed the same legacy ``RandomState`` stream, on 48-64 test images x 5
 
 Frost: the reference blends crops of five frost *photographs* that are not available here.
 By default :func:`corrupt` uses four seeded procedural ice-crystal textures
-(:func:`~perturbsets.datasets.cifar10c.frost_textures.procedural_frost_textures`), so frost statistics differ from the released
-CIFAR-10-C.  Pass the real images with ``frost_textures=load_frost_textures(paths)`` to
+(:func:`~perturbsets.datasets.cifar10c.frost_textures.procedural_frost_textures`), so frost
+statistics differ from the released CIFAR-10-C.  Pass the real images with ``frost_textures=load_frost_textures(paths)`` to
 reproduce the reference exactly.
 
 Deliberate deviation: spatter's water branch leaves the image unchanged when the water
