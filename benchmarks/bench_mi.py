@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 from perturbsets import PerturbationSet
-from perturbsets.datasets.multi_illumination import mip_shape
+from perturbsets.datasets.multi_illumination.arrays import mip_shape
 from perturbsets.classifiers.architectures import build_classifier
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.certify.smoothed import SmoothedClassifier
@@ -138,7 +138,7 @@ def loading(batches: int = 10, batch_size: int = 64) -> None:
     """Training batches per second from scene folders (JPEG decoding) and from the numpy batch files."""
     import tempfile
 
-    from perturbsets.datasets.multi_illumination import load_multi_illumination, write_numpy_batches
+    from perturbsets.datasets.multi_illumination.loader import load_multi_illumination, write_numpy_batches
     from perturbsets.datasets.tiny import write_tiny_multi_illumination
     from perturbsets.pairs.augment import JointCropFlip
 

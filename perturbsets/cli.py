@@ -106,7 +106,7 @@ def _experiments(args: argparse.Namespace) -> int:
 
 
 def _make_mi_arrays(args: argparse.Namespace) -> int:
-    from perturbsets.datasets.multi_illumination import write_numpy_batches
+    from perturbsets.datasets.multi_illumination.loader import write_numpy_batches
 
     paths = write_numpy_batches(
         args.data, args.out, args.mip, material_mip=args.material_mip, check_size=not args.no_check_size
@@ -116,8 +116,10 @@ def _make_mi_arrays(args: argparse.Namespace) -> int:
 
 
 def _make_cifar10c(args: argparse.Namespace) -> int:
-    from perturbsets.datasets.cifar10c_generator import CORRUPTIONS, load_frost_textures, make_corrupted_split
-    from perturbsets.datasets.formats import load_cifar10
+    from perturbsets.datasets.cifar10 import load_cifar10
+    from perturbsets.datasets.cifar10c.frost_textures import load_frost_textures
+    from perturbsets.datasets.cifar10c.generator import make_corrupted_split
+    from perturbsets.datasets.cifar10c.registry import CORRUPTIONS
 
     images, labels = load_cifar10(args.cifar, args.split, check_size=not args.any_size)
     hwc = images.transpose(0, 2, 3, 1)

@@ -11,17 +11,31 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from perturbsets.datasets import cifar10c_generator as C
-from perturbsets.datasets.cifar10c_generator import (
+from perturbsets.datasets.cifar10c import generator as C
+from perturbsets.datasets.cifar10c.blur import _zoom_blur_factors, defocus_kernel
+from perturbsets.datasets.cifar10c.digital import _warp_affine_cv2, contrast
+from perturbsets.datasets.cifar10c.frost_textures import procedural_frost_textures
+from perturbsets.datasets.cifar10c.generator import make_corrupted_split
+from perturbsets.datasets.cifar10c.imageops import (
+    clipped_zoom,
+    hsv_to_rgb,
+    magick_motion_blur,
+    motion_blur_kernel,
+    rgb_to_hsv,
+)
+from perturbsets.datasets.cifar10c.registry import (
     CORRUPTIONS,
     OOD_CORRUPTIONS,
     PARAMETERS,
     RANDOM_CORRUPTIONS,
     TRAIN_CORRUPTIONS,
     corrupt,
-    defocus_kernel,
-    make_corrupted_split,
-    motion_blur_kernel,
+)
+from perturbsets.datasets.cifar10c.weather import (
+    _canny_cv2,
+    _distance_transform_cv2,
+    _equalize_hist_cv2,
+    _plasma,
 )
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -117,7 +131,7 @@ def test_contrast_of_constant_image_is_identity():
         for s in SEVERITIES:
             c = PARAMETERS["contrast"][s - 1]
             # before the cast the result is the image (up to float rounding of the mean) ...
-            assert np.allclose(C._contrast(img, c, None), img, rtol=0, atol=1e-9)
+            assert np.allclose(contrast(img, c, None), img, rtol=0, atol=1e-9)
             # ... and truncation, as in the reference, can turn v - 1e-13 into v - 1
             out = corrupt(img, "contrast", s, None).astype(int)
             assert np.all((out == img) | (out == img.astype(int) - 1))
@@ -150,11 +164,11 @@ def test_brightness_adds_to_value():
 
 def test_hsv_round_trip_and_conventions():
     x = X / 255.0
-    hsv = C.rgb_to_hsv(x)
-    assert np.allclose(C.hsv_to_rgb(hsv), x, atol=1e-12)
+    hsv = rgb_to_hsv(x)
+    assert np.allclose(hsv_to_rgb(hsv), x, atol=1e-12)
     assert np.allclose(hsv[..., 2], x.max(-1))
     assert np.all(hsv[2, ..., :2] == 0)  # grey: H = S = 0
-    pure = C.rgb_to_hsv(np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]]))
+    pure = rgb_to_hsv(np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]]))
     assert np.allclose(pure[:, 0], [0, 1 / 3, 2 / 3, 1 / 6])
 
 
@@ -297,14 +311,14 @@ def test_motion_blur_constant_and_streak():
     # a bright dot at angle 0 smears only to its left (output at x samples x + dx, dx >= 0)
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[0, 16, 20] = 255
-    out = C._im_motion_blur(img, 6, 1, np.array([0.0]))[0, :, :, 0]
+    out = magick_motion_blur(img, 6, 1, np.array([0.0]))[0, :, :, 0]
     assert out[16, 20] > 0 and out[16, 10:21].min() >= 0 and np.all(out[16, 21:] == 0)
     assert np.all(np.delete(out, 16, axis=0) == 0)
 
 
 def test_zoom_blur_factor_one_is_identity_and_zoom_matches_scipy():
-    assert np.array_equal(C._zoom_blur_factors(X, [1.0]), X.astype(np.float32))
-    assert np.array_equal(np.clip(C._zoom_blur_factors(X, [1.0]), 0, 255).astype(np.uint8), X)
+    assert np.array_equal(_zoom_blur_factors(X, [1.0]), X.astype(np.float32))
+    assert np.array_equal(np.clip(_zoom_blur_factors(X, [1.0]), 0, 255).astype(np.uint8), X)
     assert [len(np.arange(1, e, 0.01)) for e in PARAMETERS["zoom_blur"]] == [7, 12, 16, 21, 26]
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -315,7 +329,7 @@ def test_zoom_blur_factor_one_is_identity_and_zoom_matches_scipy():
             for i in range(3):
                 ref = ndimage.zoom(img[i, top : top + ch, top : top + ch], (z, z, 1), order=1)
                 t = (ref.shape[0] - 32) // 2
-                assert np.array_equal(C._clipped_zoom(img, z)[i], ref[t : t + 32, t : t + 32])
+                assert np.array_equal(clipped_zoom(img, z)[i], ref[t : t + 32, t : t + 32])
 
 
 def test_glass_blur_copies_from_up_left_neighbours():
@@ -361,18 +375,18 @@ def test_noise_statistics():
 
 def test_fog_plasma():
     u = np.random.default_rng(0).random((4, 1023))
-    p = C._plasma(u, 1.75)
+    p = _plasma(u, 1.75)
     assert p.shape == (4, 32, 32)
     assert np.allclose(p.min(axis=(1, 2)), 0) and np.allclose(p.max(axis=(1, 2)), 1)
 
 
 def test_frost_textures():
-    tex = C.procedural_frost_textures(0)
+    tex = procedural_frost_textures(0)
     assert len(tex) == 5 and tex[1] is tex[2]  # frost2 == frost3 in the reference
     assert [t.shape[:2] for t in tex] == [(120, 180), (63, 112), (63, 112), (70, 105), (99, 132)]
     assert all(t.dtype == np.uint8 for t in tex)
-    assert C.procedural_frost_textures(0)[0] is tex[0]  # cached
-    assert not np.array_equal(C.procedural_frost_textures(1)[0], tex[0])
+    assert procedural_frost_textures(0)[0] is tex[0]  # cached
+    assert not np.array_equal(procedural_frost_textures(1)[0], tex[0])
     means = np.array([t.reshape(-1, 3).mean(0) for t in tex])
     assert np.all(means[:, 2] > means[:, 0])  # bluish
     # user textures: a constant texture gives the analytic blend
@@ -411,11 +425,11 @@ def test_frost_crops_come_from_textures():
 def test_warp_affine_identity_and_spatter_mud_fraction():
     img = X.astype(np.float32) / 255
     eye = np.broadcast_to(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (len(X), 2, 3))
-    assert np.array_equal(C._warp_affine_cv2(img, eye), img)
+    assert np.array_equal(_warp_affine_cv2(img, eye), img)
     shift = np.broadcast_to(
         np.array([[1.0, 0, 1], [0, 1.0, 0]]), (len(X), 2, 3)
     )  # dst = src + 1 col
-    out = C._warp_affine_cv2(img, shift)
+    out = _warp_affine_cv2(img, shift)
     assert np.array_equal(out[:, :, 1:], img[:, :, :-1]) and np.array_equal(
         out[:, :, 0], img[:, :, 1]
     )
@@ -428,16 +442,16 @@ def test_warp_affine_identity_and_spatter_mud_fraction():
 def test_water_distance_pieces():
     mask = np.ones((1, 9, 9), bool)
     mask[0, 4, 4] = False
-    d = C._distance_transform_cv2(mask)[0]
+    d = _distance_transform_cv2(mask)[0]
     assert (
         d[4, 4] == 0 and d[4, 5] == 1 and np.isclose(d[5, 5], 1.4) and np.isclose(d[6, 5], 2.1969)
     )
     assert np.isclose(d[0, 0], 5.6)
     img = np.zeros((1, 16, 16), np.uint8)
     img[0, 4:12, 4:12] = 200
-    edges = C._canny_cv2(img, 50, 150)[0]
+    edges = _canny_cv2(img, 50, 150)[0]
     assert edges.any() and not edges[8, 8] and not edges[0, 0]
-    eq = C._equalize_hist_cv2(np.array([[[0, 0], [1, 2]]], np.uint8))
+    eq = _equalize_hist_cv2(np.array([[[0, 0], [1, 2]]], np.uint8))
     assert eq.tolist() == [[[0, 0], [128, 255]]]
 
 

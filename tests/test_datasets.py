@@ -20,19 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from perturbsets.datasets.formats import (
-    ALL_CORRUPTIONS,
-    OOD_CORRUPTIONS,
-    TRAIN_CORRUPTIONS,
-    DatasetFormatError,
-    ForbiddenGlobalError,
-    cifar10c_version_names,
-    load_cifar10,
-    load_cifar10c,
-    load_cifar10c_versioned,
-    load_mnist,
-    read_idx,
-)
+from perturbsets.datasets.cifar10 import ForbiddenGlobalError, load_cifar10
+from perturbsets.datasets.cifar10c.reader import cifar10c_version_names, load_cifar10c, load_cifar10c_versioned
+from perturbsets.datasets.cifar10c.registry import CORRUPTIONS as ALL_CORRUPTIONS
+from perturbsets.datasets.cifar10c.registry import OOD_CORRUPTIONS, TRAIN_CORRUPTIONS
+from perturbsets.datasets.files import DatasetFormatError
+from perturbsets.datasets.mnist import load_mnist, read_idx
 from perturbsets.pairs.augment import JointCropFlip
 from perturbsets.pairs.lazy import LazyStack
 from perturbsets.pairs.versioned import VersionedData

@@ -118,7 +118,7 @@ def test_table_8_reports_latent_norm_statistics(dirs):
 def test_make_cifar10c_writes_readable_layouts(tmp_path):
     import shutil
 
-    from perturbsets.datasets.formats import load_cifar10c, load_cifar10c_versioned
+    from perturbsets.datasets.cifar10c.reader import load_cifar10c, load_cifar10c_versioned
 
     data = write_tiny_datasets(tmp_path / "d", n_train=20, n_test=6)
     shutil.rmtree(data / "cifar-10-c-train")

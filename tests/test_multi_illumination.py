@@ -7,17 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from perturbsets.datasets.formats import DatasetFormatError
-from perturbsets.datasets.multi_illumination import (
-    LIGHTINGS,
-    MATERIALS,
-    PALETTE,
-    SceneImages,
-    load_multi_illumination,
-    mip_shape,
-    remap_materials,
-    split_scenes,
-)
+from perturbsets.datasets.files import DatasetFormatError
+from perturbsets.datasets.multi_illumination.arrays import LIGHTINGS, SceneImages, mip_shape
+from perturbsets.datasets.multi_illumination.loader import load_multi_illumination, split_scenes
+from perturbsets.datasets.multi_illumination.materials import MATERIALS, PALETTE, remap_materials
 from perturbsets.classifiers.scoring import IGNORE_INDEX
 from perturbsets.datasets.tiny import write_tiny_multi_illumination
 from perturbsets.pairs.augment import JointCropFlip
@@ -277,7 +270,7 @@ KEYS = [
 
 @pytest.mark.parametrize("key", KEYS, ids=repr)
 def test_lazy_arrays_index_like_numpy(key):
-    from perturbsets.datasets.multi_illumination import RowConcat
+    from perturbsets.datasets.multi_illumination.arrays import RowConcat
 
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 255, (n, LIGHTINGS, 2, 3, 1), dtype=np.uint8) for n in (2, 3)]
@@ -317,7 +310,7 @@ def test_max_pairs_reads_no_batch_beyond_the_cap(scenes, monkeypatch):
 
 
 def test_conversion_rewrites_a_file_of_the_wrong_shape(scenes, tmp_path):
-    from perturbsets.datasets.multi_illumination import write_numpy_batches
+    from perturbsets.datasets.multi_illumination.loader import write_numpy_batches
 
     h, w = mip_shape(MIP)
     stale = tmp_path / f"dataset-test-mip-{MIP}-batch-0.npy"

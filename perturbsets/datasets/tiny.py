@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from perturbsets._util.io import atomic_path
-from perturbsets.datasets.formats import ALL_CORRUPTIONS
+from perturbsets.datasets.cifar10c.registry import CORRUPTIONS
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -51,7 +51,7 @@ def write_tiny_cifar10(root: Path, n_per_batch: int, n_test: int, rng: np.random
 def write_tiny_cifar10c(root: Path, splits: dict[str, tuple], severities=(5,)) -> None:
     for split, (images, labels) in splits.items():
         folder = root / f"cifar-10-c-{split}"
-        for k, name in enumerate(ALL_CORRUPTIONS):
+        for k, name in enumerate(CORRUPTIONS):
             for s in severities:
                 shifted = (images.astype(np.int16) + 7 * (k + 1) + s) % 256
                 with atomic_path(folder / f"{name}_{s}.npy") as tmp, open(tmp, "wb") as f:
@@ -83,7 +83,8 @@ def write_tiny_multi_illumination(
     """
     from PIL import Image
 
-    from perturbsets.datasets.multi_illumination import LIGHTINGS, PALETTE, mip_shape
+    from perturbsets.datasets.multi_illumination.arrays import LIGHTINGS, mip_shape
+    from perturbsets.datasets.multi_illumination.materials import PALETTE
 
     counts = scenes or {"train": 6, "val": 2, "test": 2}
     prefixes = {"train": "main_experiment", "val": "main_drylab", "test": "everett_kitchen"}

@@ -80,7 +80,7 @@ def _augment(config: Any) -> JointCropFlip | None:
 
 def _official(config: Any, split: str, seed: int, value_range) -> Any:
     """One split ("train" or "test") of a public dataset as pair data."""
-    from perturbsets.datasets import formats as datasets
+    import perturbsets.datasets as datasets
 
     root = Path(config.path).expanduser()
     if config.source == "mnist":
@@ -106,7 +106,7 @@ def _official(config: Any, split: str, seed: int, value_range) -> Any:
 
 def _multi_illumination(config: Any, split: str) -> Any:
     """One split of Multi-Illumination; training pairs get the joint crop/flip of their material maps."""
-    from perturbsets.datasets.multi_illumination import load_multi_illumination
+    from perturbsets.datasets.multi_illumination.loader import load_multi_illumination
 
     return load_multi_illumination(
         Path(config.path).expanduser(),
