@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perturbsets._util.checks import check_value_range
+from perturbsets._util.checks import check_value_range, positive_finite
 from perturbsets._util.registry import Registry
 
 __all__ = [
@@ -127,9 +127,7 @@ def linf_noise(
     """
     _check_batch(x, "linf_noise")
     _check_generator(generator, x.device, "linf_noise")
-    epsilon = float(epsilon)
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"linf_noise: epsilon must be a finite number > 0, got {epsilon}")
+    epsilon = positive_finite(epsilon, "linf_noise: epsilon")
     lo, hi = check_value_range(value_range, "linf_noise")
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x + (2 * noise - 1) * epsilon).clamp_(lo, hi)
@@ -301,9 +299,7 @@ class LinfNoise:
     def __post_init__(self) -> None:
         # Validate at construction so a bad config fails before any training starts;
         # YAML gives lists, which are normalised to tuples.
-        self.epsilon = float(self.epsilon)
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"LinfNoise: epsilon must be a finite number > 0, got {self.epsilon}")
+        self.epsilon = positive_finite(self.epsilon, "LinfNoise: epsilon")
         self.value_range = check_value_range(self.value_range, "LinfNoise")
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

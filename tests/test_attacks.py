@@ -150,8 +150,8 @@ def test_larger_radius_than_the_set_needs_an_explicit_override():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"eps": 0.0}, "eps must be > 0"), ({"steps": -1}, "steps >= 0"), ({"restarts": 0}, "restarts >= 1"),
-     ({"pixel_fraction": 0.0}, "pixel_fraction"), ({"step_size": -1.0}, "step_size must be > 0"),
+    [({"eps": 0.0}, "eps must be a finite number > 0"), ({"steps": -1}, "steps >= 0"), ({"restarts": 0}, "restarts >= 1"),
+     ({"pixel_fraction": 0.0}, "pixel_fraction"), ({"step_size": -1.0}, "step_size must be a finite number > 0"),
      ({"select": "worst"}, "select must be one of"), ({"restarts": 2}, "pass random_start=True")],
 )
 def test_bad_arguments(kwargs, match):

@@ -156,7 +156,7 @@ def test_truncated_normal_bad_args():
     with pytest.raises(ValueError, match="dim >= 1"):
         sample_truncated_normal(3, 0, 1.0)
     for r in (0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="radius must be > 0"):
+        with pytest.raises(ValueError, match="radius must be a finite number > 0"):
             sample_truncated_normal(3, 3, r)
     assert sample_truncated_normal(0, 3, 1.0).shape == (0, 3)
 
@@ -178,7 +178,7 @@ def test_uniform_ball_directions_and_determinism():
     d = u / u.norm(dim=1, keepdim=True)
     assert d.mean(0).abs().max().item() < 5 / math.sqrt(5000)
     assert torch.equal(sample_uniform_ball(10, 4, 2.0, _gen(1)), sample_uniform_ball(10, 4, 2.0, _gen(1)))
-    with pytest.raises(ValueError, match="radius must be > 0"):
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
         sample_uniform_ball(3, 3, 0.0)
 
 
@@ -246,9 +246,9 @@ def test_project_zero_vector_and_bad_radius():
     z = torch.zeros(2, 3)
     assert torch.equal(project(z, 1.0), z)
     for r in (0.0, -2.0):
-        with pytest.raises(ValueError, match="radius must be > 0"):
+        with pytest.raises(ValueError, match="radius must be a finite number > 0"):
             project(z, r)
-    with pytest.raises(ValueError, match="radius must be > 0"):
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
         project(z, torch.tensor([1.0, 0.0]))
 
 

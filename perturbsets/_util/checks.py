@@ -20,6 +20,7 @@ __all__ = [
     "int_or_none",
     "non_negative_int",
     "positive_int",
+    "positive_finite",
     "check_value_range",
     "check_tensor_values",
     "check_array_values",
@@ -83,6 +84,16 @@ def positive_int(value: Any, name: str) -> int:
     if out == 0:
         raise ValueError(f"{name} must be >= 1, got 0")
     return out
+
+
+def positive_finite(value: Any, name: str) -> float:
+    """``value`` as a float; a ValueError unless it is a finite number > 0 (a radius, ε, σ, a step size)."""
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return number
 
 
 def check_value_range(value_range: Any, what: str) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from perturbsets._util.checks import positive_finite
 from perturbsets.attacks.base import Attack, AttackOutput, GradientMaskingWarning
 from perturbsets.classifiers.scoring import IGNORE_INDEX, check_labels, per_example_error, per_example_loss
 from perturbsets.core.latent import sample_uniform_ball
@@ -73,9 +74,7 @@ class LatentPGD(Attack):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(model, perturbation_set, ignore_index=ignore_index)
-        eps = perturbation_set.radius if eps is None else float(eps)
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        eps = perturbation_set.radius if eps is None else positive_finite(eps, "eps")
         if eps > perturbation_set.radius * (1 + 1e-9) and not allow_larger_radius:
             raise ValueError(
                 f"eps = {eps:.4g} exceeds the perturbation set's radius {perturbation_set.radius:.4g}: points beyond it "
@@ -91,9 +90,7 @@ class LatentPGD(Attack):
             raise ValueError(f"pixel_fraction must lie in (0, 1], got {pixel_fraction}")
         self.eps = eps
         self.steps = int(steps)
-        self.step_size = eps / 20 if step_size is None else float(step_size)
-        if not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        self.step_size = eps / 20 if step_size is None else positive_finite(step_size, "step_size")
         self.random_start = random_start
         self.restarts = int(restarts)
         self.early_stop = early_stop

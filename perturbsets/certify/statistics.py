@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from perturbsets._util.checks import positive_int
+from perturbsets._util.checks import positive_finite, positive_int
 
 
 class SmoothingWarning(UserWarning):
@@ -108,9 +108,7 @@ def sigma_for_radius(radius: float, n: int, alpha: float) -> float:
 
         sigma_for_radius(10.2, n=10_000, alpha=0.001)  # 3.19, the largest CIFAR-10-C σ (Appendix E.6)
     """
-    radius = float(radius)
-    if not (radius > 0 and math.isfinite(radius)):
-        raise ValueError(f"radius must be a finite number > 0, got {radius}")
+    radius = positive_finite(radius, "radius")
     n, alpha = positive_int(n, "n"), check_alpha(alpha)
     quantile = _unanimous_quantile(n, alpha)
     if quantile <= 0:
@@ -231,7 +229,4 @@ def check_alpha(alpha) -> float:
 
 
 def check_sigma(sigma) -> float:
-    sigma = float(sigma)
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
-    return sigma
+    return positive_finite(sigma, "sigma")

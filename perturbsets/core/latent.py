@@ -12,6 +12,7 @@ import torch
 from scipy import special
 from torch import Tensor
 
+from perturbsets._util.checks import positive_finite
 from perturbsets.cvae.model import Gaussian
 
 
@@ -36,9 +37,10 @@ def latent_norm(u: Tensor) -> Tensor:
 
 
 def _check_radius(radius: float | Tensor) -> None:
-    bad = (radius <= 0).any().item() if isinstance(radius, Tensor) else not radius > 0
-    if bad:
-        raise ValueError(f"the radius must be > 0, got {radius}")
+    if not isinstance(radius, Tensor) or radius.dim() == 0:
+        positive_finite(radius, "radius")
+    elif not bool(((radius > 0) & torch.isfinite(radius)).all()):
+        raise ValueError(f"every radius must be a finite number > 0, got {radius}")
 
 
 def project(u: Tensor, radius: float | Tensor) -> Tensor:

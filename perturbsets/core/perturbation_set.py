@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from perturbsets import __version__
+from perturbsets._util.checks import positive_finite
 from perturbsets._util.io import atomic_path, write_json
 from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file
 from perturbsets.cvae.model import CVAE, Gaussian
@@ -66,9 +67,7 @@ class PerturbationSet:
     ) -> None:
         if not isinstance(cvae, CVAE):
             raise TypeError(f"cvae must be a perturbsets.cvae.CVAE, got {type(cvae).__name__}")
-        radius = float(radius)
-        if not radius > 0 or radius != radius or radius == float("inf"):
-            raise ValueError(f"the radius must be a finite number > 0, got {radius}")
+        radius = positive_finite(radius, "the radius")
         self.cvae = cvae.eval().requires_grad_(False)
         self.radius = radius
         self.architecture = architecture

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perturbsets._util.checks import positive_finite
 from perturbsets.cvae.model import CVAE
 from perturbsets.core.latent import latent_norm, relative_encoding
 
@@ -83,9 +84,7 @@ class RadiusSpec:
         if isinstance(spec, RadiusSpec):
             return spec
         if isinstance(spec, (int, float, np.floating, np.integer)) and not isinstance(spec, bool):
-            if not 0 < float(spec) < float("inf"):
-                raise ValueError(f"a radius must be a finite number > 0, got {spec}")
-            return cls("value", float(spec))
+            return cls("value", positive_finite(spec, "a radius"))
         if spec == "max":
             return cls("max")
         if isinstance(spec, str) and spec.startswith("p"):
