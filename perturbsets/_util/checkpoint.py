@@ -37,6 +37,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def state_dict_sha256(module: nn.Module) -> str:
+    """A digest of a module's weights (names and values), to recognise the model behind saved results."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file, refusing pickles with an explanation."""
     path = Path(path)

@@ -19,7 +19,7 @@ from torch import Tensor
 from perturbsets import __version__
 from perturbsets._util.checks import positive_finite
 from perturbsets._util.io import atomic_path, write_json
-from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file
+from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file, state_dict_sha256
 from perturbsets.cvae.model import CVAE, Gaussian
 from perturbsets.core.radius import LatentNormStats, RadiusSpec
 from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal, to_latent
@@ -99,9 +99,17 @@ class PerturbationSet:
     def device(self) -> torch.device:
         return next(self.cvae.parameters()).device
 
-    def to(self, device: str | torch.device) -> "PerturbationSet":
-        self.cvae.to(device)
+    def to(self, device: str | torch.device | None = None, *, memory_format: torch.memory_format | None = None) -> "PerturbationSet":
+        """Move the generator to ``device`` and/or ``memory_format`` (e.g. ``torch.channels_last``); returns self."""
+        if device is not None:
+            self.cvae.to(device)
+        if memory_format is not None:
+            self.cvae.to(memory_format=memory_format)
         return self
+
+    def weights_sha256(self) -> str:
+        """sha256 of the CVAE's parameters and buffers: names a set's weights in run fingerprints."""
+        return state_dict_sha256(self.cvae)
 
     def __repr__(self) -> str:
         return (
@@ -361,6 +369,13 @@ class ConditionedSet:
         """
         posterior = self.posterior(x_tilde) if posterior is None else posterior
         return relative_encoding(posterior, self.prior).flatten(1)
+
+    def reconstruct(self, x_tilde: Tensor, noise: Tensor | None = None) -> Tensor:
+        """g(z, x) at one posterior sample z ~ q(z | x, x̃) (the CVAE's reconstruction): (N, C, H, W).
+
+        ``noise`` (N, *latent_shape) fixes the standard-normal draw of the reparameterisation.
+        """
+        return self.pset.cvae.generate(self.posterior(x_tilde).rsample(noise), self.x)
 
     def select(self, index: Tensor) -> "ConditionedSet":
         """The view of the inputs ``index`` (M,) (repeats allowed), without recomputing the prior."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from perturbsets.config.schema import AttackConfig, RobustConfig, load_config, t
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.paired import PairedData
 from perturbsets.workflows.sources import load_splits, load_test
-from perturbsets._util.checkpoint import load_checkpoint
+from perturbsets._util.checkpoint import load_checkpoint, state_dict_sha256
 from perturbsets.training.loop import BEST, LATEST, StepOutput, derive_seed, fit, prepare_run, resolve_device
 from perturbsets.classifiers.architectures import build_classifier
 from perturbsets.core.perturbation_set import PerturbationSet
@@ -111,7 +110,7 @@ def load_set(config: RobustConfig, device) -> PerturbationSet | None:
         return None
     pset = PerturbationSet.load(Path(config.perturbation_set).expanduser(), device=device)
     if config.training.channels_last:
-        pset.cvae.to(memory_format=torch.channels_last)
+        pset.to(memory_format=torch.channels_last)
     return pset
 
 
@@ -400,7 +399,7 @@ def _certify_fingerprint(model: nn.Module, pset: PerturbationSet, config: Robust
     assert cc is not None
     return {
         "model_sha256": state_dict_sha256(model),
-        "perturbation_set_sha256": state_dict_sha256(pset.cvae),
+        "perturbation_set_sha256": pset.weights_sha256(),
         "sigma": sigma,
         "n0": cc.n0,
         "n": cc.n,
@@ -488,15 +487,6 @@ def read_certificates(tsv: Path) -> np.ndarray:
     """The per-example certification table (``idx label predict radius correct time``)."""
     rows = [_parse_row(line) for line in tsv.read_text().splitlines()[1:] if line.strip()]
     return np.array([r for r in rows if r is not None], dtype=_CERT_DTYPE)
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """A digest of a module's weights, to recognise the model that produced saved results."""
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def robust_evaluate(
