@@ -7,18 +7,20 @@ shape (N, latent_dim), in prior coordinates (before the reparameterisation).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from perturbsets import __version__
 from perturbsets._util.checks import positive_finite
 from perturbsets._util.io import atomic_path, write_json
+from perturbsets._util.locking import folder_lock
 from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file, state_dict_sha256
 from perturbsets.cvae.model import CVAE, Gaussian
 from perturbsets.core.radius import LatentNormStats, RadiusSpec
@@ -195,19 +197,17 @@ class PerturbationSet:
         """Write ``weights-<sha>.safetensors`` and ``perturbation_set.json`` into ``directory``.
 
         The manifest records the architecture and its options, radius, shapes, value range,
-        metrics, library version and the weights' sha256. The weights file is named by its
-        hash and the manifest replaced atomically after it, so an interrupted save leaves
-        the previous set loadable.
+        latent-norm statistics, metrics, library version and the weights' sha256. The
+        weights file is named by its hash and written first, the manifest is swapped in
+        atomically after it, and only then are the previous weights removed: an interrupted
+        save leaves the previous set loadable. Saves into one folder are serialised by a
+        folder lock, and files left by killed saves are cleaned up by the next one.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.cvae.state_dict().items()}
-        with atomic_path(directory / "weights.partial") as tmp:
-            save_file(tensors, str(tmp))
-            digest = sha256_file(tmp)
+        payload = safetensors_bytes(tensors)
+        digest = hashlib.sha256(payload).hexdigest()
         weights_name = f"weights-{digest[:16]}.safetensors"
-        os.replace(directory / "weights.partial", directory / weights_name)
-        previous = _read_manifest(directory) if (directory / MANIFEST).is_file() else None
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -219,15 +219,19 @@ class PerturbationSet:
             "input_shape": list(self.input_shape),
             "latent_shape": list(self.latent_shape),
             "value_range": list(self.value_range),
-            "metrics": self.metrics,
             "latent_norms": self.latent_norms.to_dict() if self.latent_norms is not None else None,
+            "metrics": self.metrics,
             "weights": {"file": weights_name, "sha256": digest},
         }
-        write_json(directory / MANIFEST, manifest)
-        if previous is not None:
-            old = previous.get("weights", {}).get("file")
-            if old and old != weights_name and (directory / old).is_file():
-                (directory / old).unlink()
+        with folder_lock(directory, what="perturbation-set folder"):
+            with atomic_path(directory / weights_name) as tmp:
+                tmp.write_bytes(payload)
+            write_json(directory / MANIFEST, manifest)
+            # Under the lock no other save is running: every other weights file and every
+            # temporary file is a leftover of an earlier or interrupted save.
+            for leftover in (*directory.glob("weights-*.safetensors"), *directory.glob(".*.tmp")):
+                if leftover.name != weights_name:
+                    leftover.unlink(missing_ok=True)
         return directory
 
     @classmethod
