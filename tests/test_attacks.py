@@ -76,15 +76,6 @@ def test_never_leaves_the_ball(random_start):
         assert torch.all(latent_norm(u) <= eps * (1 + 1e-6))
 
 
-def test_zero_steps_without_random_start_is_the_clean_point():
-    pset = linear_set()
-    model = TanhClassifier(4)
-    x = torch.rand(3, 1, 2, 2)
-    x_adv, u = LatentPGD(model, pset, steps=0, random_start=False)(x, torch.tensor([0, 1, 2]))
-    assert torch.all(u == 0)
-    torch.testing.assert_close(x_adv, x)
-
-
 def test_early_stop_freezes_misclassified_examples():
     pset = linear_set()
     model = TanhClassifier(4)
@@ -150,7 +141,7 @@ def test_larger_radius_than_the_set_needs_an_explicit_override():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"eps": 0.0}, "eps must be a finite number > 0"), ({"steps": -1}, "steps >= 0"), ({"restarts": 0}, "restarts >= 1"),
+    [({"eps": 0.0}, "eps must be a finite number > 0"), ({"steps": 0}, "steps >= 1"), ({"restarts": 0}, "restarts >= 1"),
      ({"pixel_fraction": 0.0}, "pixel_fraction"), ({"step_size": -1.0}, "step_size must be a finite number > 0"),
      ({"select": "worst"}, "select must be one of"), ({"restarts": 2}, "pass random_start=True")],
 )

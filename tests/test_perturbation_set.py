@@ -6,6 +6,7 @@ import builtins
 import hashlib
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -551,3 +552,18 @@ def test_a_save_cleans_up_what_interrupted_saves_left(tmp_path):
     _pset(seed=1).save(directory)
     names = sorted(p.name for p in directory.iterdir() if not p.name.startswith(".perturbsets.lock"))
     assert names == sorted([MANIFEST, json.loads((directory / MANIFEST).read_text())["weights"]["file"]])
+
+
+@pytest.mark.parametrize("dtype,fix", [(torch.float64, "x.to(torch.float32)"), (torch.uint8, "x.float() / 255")])
+def test_inputs_of_another_dtype_are_refused_with_the_fix(dtype, fix):
+    pset = _pset()
+    x = torch.zeros(2, *SHAPE, dtype=dtype)
+    with pytest.raises(TypeError, match=re.escape(fix)):
+        pset.sample(x)
+
+
+def test_non_finite_latent_points_are_refused():
+    pset = _pset()
+    x, _ = _data(n=2)
+    with pytest.raises(ValueError, match="u contains NaN or Inf"):
+        pset.perturb(x, torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [0.0] * 4]))

@@ -80,8 +80,11 @@ class LatentPGD(Attack):
                 f"eps = {eps:.4g} exceeds the perturbation set's radius {perturbation_set.radius:.4g}: points beyond it "
                 "are outside the learned set; pass allow_larger_radius=True to attack there anyway"
             )
-        if steps < 0 or restarts < 1:
-            raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        if steps < 1 or restarts < 1:
+            raise ValueError(
+                f"need steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts} "
+                "(with no step the attack would return the unperturbed reconstruction)"
+            )
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if restarts > 1 and not random_start:

@@ -8,6 +8,7 @@ shape (N, latent_dim), in prior coordinates (before the reparameterisation).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -97,9 +98,20 @@ class PerturbationSet:
     def input_shape(self) -> tuple[int, int, int]:
         return self.cvae.input_shape  # type: ignore[return-value]
 
+    def _first_tensor(self) -> Tensor | None:
+        return next(itertools.chain(self.cvae.parameters(), self.cvae.buffers()), None)
+
     @property
     def device(self) -> torch.device:
-        return next(self.cvae.parameters()).device
+        """Where the generator lives (CPU for a set without parameters or buffers)."""
+        first = self._first_tensor()
+        return first.device if first is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the generator computes in; inputs must have it."""
+        first = self._first_tensor()
+        return first.dtype if first is not None and first.dtype.is_floating_point else torch.get_default_dtype()
 
     def to(self, device: str | torch.device | None = None, *, memory_format: torch.memory_format | None = None) -> "PerturbationSet":
         """Move the generator to ``device`` and/or ``memory_format`` (e.g. ``torch.channels_last``); returns self."""
@@ -121,9 +133,16 @@ class PerturbationSet:
 
     # ------------------------------------------------------------------ checks
     def check_input(self, x: Tensor, name: str = "x") -> None:
-        """Raise a ValueError unless x is a finite (N, C, H, W) batch of this set's shape."""
+        """Raise a ValueError unless x is a finite (N, C, H, W) batch of this set's shape and dtype."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        dtype = self.dtype
+        if x.dtype != dtype:
+            fix = "x.float() / 255" if not x.dtype.is_floating_point else f"{name}.to({dtype})"
+            raise TypeError(
+                f"{name} has dtype {x.dtype} but this perturbation set computes in {dtype}: pass images "
+                f"in {list(self.value_range)} as {dtype} (e.g. {fix}), or convert the set with pset.cvae.to(dtype)"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"{name} has shape {tuple(x.shape)} but this perturbation set takes (N, {', '.join(map(str, self.input_shape))}); "
@@ -155,6 +174,8 @@ class PerturbationSet:
         Differentiable in u (attacks optimise through it). u is used as given: keep
         ‖u‖₂ ≤ radius (see :func:`perturbsets.core.latent.project`) to stay inside S(x).
         """
+        if isinstance(u, Tensor) and not bool(torch.isfinite(u).all()):
+            raise ValueError("u contains NaN or Inf values; latent points must be finite")
         return self.condition(x).decode(u)
 
     @torch.no_grad()
