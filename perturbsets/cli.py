@@ -20,7 +20,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from perturbsets.config.schema import load_config
+    from perturbsets.config.io import load_config
     from perturbsets.workflows.learn import learn_perturbation_set
 
     config = load_config(args.config)
@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from perturbsets.config.schema import load_config
+    from perturbsets.config.io import load_config
     from perturbsets.workflows.learn import evaluate_saved_set
 
     config = load_config(args.config)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from perturbsets.cli import main
-from perturbsets.config.schema import ConfigError
+from perturbsets.config.io import ConfigError
 from perturbsets.workflows.experiments import (
     experiment_names,
     load_experiment,
@@ -102,7 +102,8 @@ def test_missing_dataset_files_are_named(tmp_path):
 
 def test_experiment_files_are_strict(tmp_path):
     with pytest.raises(ConfigError):
-        from perturbsets.config.schema import Config, from_dict
+        from perturbsets.config.io import from_dict
+        from perturbsets.config.learn import Config
 
         from_dict(Config, {"data": {"source": "mnist", "pairng": "centered"}})
 

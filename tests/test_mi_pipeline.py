@@ -9,7 +9,11 @@ import pytest
 import torch
 from conftest import reference_listing
 
-from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
+from perturbsets.config.io import ConfigError, from_dict
+
+from perturbsets.config.learn import Config
+
+from perturbsets.config.robust import RobustConfig
 from perturbsets.workflows.experiments import load_experiment, run_experiment, table_markdown
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.core.perturbation_set import PerturbationSet

@@ -14,7 +14,8 @@ from perturbsets.training import robust as robust_mod
 from perturbsets import PerturbationSet
 from perturbsets.attacks.latent_pgd import AttackOutput
 from perturbsets.cli import main
-from perturbsets.config.schema import ConfigError, RobustConfig, from_dict, to_dict
+from perturbsets.config.io import ConfigError, from_dict, to_dict
+from perturbsets.config.robust import RobustConfig
 from perturbsets.pairs.paired import PairedData
 from perturbsets.core.radius import LatentNormStats
 from perturbsets.cvae.registry import build_cvae
@@ -305,7 +306,7 @@ def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_eve
     """Reference: independent attacks at each radius on the whole batch; an example is robust at
     radius r_k when it survives every attack at radii ≤ r_k (the smaller balls lie inside)."""
     from perturbsets.attacks.latent_pgd import LatentPGD
-    from perturbsets.config.schema import EvalAttackConfig
+    from perturbsets.config.robust import EvalAttackConfig
 
     pset = PerturbationSet.load(set_dir)
     torch.manual_seed(1)

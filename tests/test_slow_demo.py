@@ -12,7 +12,9 @@ import dataclasses
 
 import pytest
 
-from perturbsets.config.schema import CertifyConfig, Schedule
+from perturbsets.config.learn import Schedule
+
+from perturbsets.config.robust import CertifyConfig
 from perturbsets.workflows.demo import demo_config, robust_config
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.training.robust import robust_evaluate, robust_train

@@ -12,16 +12,8 @@ from safetensors.torch import load_file
 
 from perturbsets.training import cvae as train_mod
 from perturbsets.training.loop import TrainingDivergedError
-from perturbsets.config.schema import (
-    Config,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    Schedule,
-    TrainingConfig,
-    from_dict,
-    load_config,
-)
+from perturbsets.config.io import ConfigError, from_dict, load_config
+from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
 from perturbsets.pairs.paired import PairedData
 from perturbsets.perturbations import LinfNoise
 from perturbsets.training.cvae import train_cvae
@@ -71,7 +63,7 @@ def test_run_folder_contents_and_saved_config(tmp_path):
     config = tiny_config()
     result = train_cvae(config, tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert load_config(run / "config.yaml") == config
+    assert load_config(run / "config.yaml", Config) == config
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert (run / "checkpoints" / "latest.safetensors").is_file()

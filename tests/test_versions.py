@@ -433,7 +433,7 @@ def test_augmented_wrapper_for_paired_data():
 
 
 def test_train_cvae_accepts_versioned_data(tmp_path):
-    from perturbsets.config.schema import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
+    from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
     from perturbsets.training.cvae import train_cvae
 
     images, labels = load_digits(28)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from perturbsets._util.io import write_text
-from perturbsets.config.schema import Config
+from perturbsets.config.learn import Config
 from perturbsets.pairs.paired import PairedData
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.reports.plots import plot_interpolation, plot_latent_norms, plot_pairs, plot_samples

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from perturbsets.config.schema import Config
+from perturbsets.config.learn import Config
 from perturbsets.cvae.model import CVAE
 from perturbsets.pairs.paired import DataSplits, PairBatch, PairedData
 from perturbsets.workflows.sources import load_splits

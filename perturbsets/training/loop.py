@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from perturbsets._util.io import write_json
 from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
-from perturbsets.config.schema import save_config, to_dict
+from perturbsets.config.io import save_config, to_dict
 from perturbsets.pairs.paired import PairBatch, PairSource
 
 LATEST = "latest.safetensors"

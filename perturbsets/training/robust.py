@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from perturbsets._util.io import atomic_path, write_json, write_text
 from perturbsets.attacks.latent_pgd import LatentPGD
-from perturbsets.config.schema import AttackConfig, RobustConfig, load_config, to_dict
+from perturbsets.config.io import load_config, to_dict
+from perturbsets.config.robust import AttackConfig, RobustConfig
 from perturbsets.pairs.paired import PairBatch, PairedData
 from perturbsets.workflows.sources import load_splits, load_test
 from perturbsets._util.checkpoint import load_checkpoint

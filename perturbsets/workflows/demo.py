@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from perturbsets._util.io import write_text
-from perturbsets.config.schema import CertifyConfig, Config, RobustConfig, Schedule, load_config
+from perturbsets.config.io import load_config
+from perturbsets.config.learn import Config, Schedule
+from perturbsets.config.robust import CertifyConfig, RobustConfig
 from perturbsets.workflows.sources import load_splits
 from perturbsets.training.loop import resolve_device
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set

@@ -31,7 +31,9 @@ import yaml
 
 from perturbsets._util.io import write_text
 from perturbsets._util.registry import unknown_name_message
-from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
+from perturbsets.config.io import ConfigError, from_dict
+from perturbsets.config.learn import Config
+from perturbsets.config.robust import RobustConfig
 from perturbsets.training.loop import LATEST
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.core.quality import LABELS, METRICS

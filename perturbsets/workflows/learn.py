@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from perturbsets._util.io import atomic_path, write_json
-from perturbsets.config.schema import Config
+from perturbsets.config.learn import Config
 from perturbsets.cvae.model import CVAE
 from perturbsets.pairs.paired import PairedData
 from perturbsets.workflows.sources import load_splits
