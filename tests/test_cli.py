@@ -140,7 +140,7 @@ def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, 
 
 def test_demo_claims_are_computed_from_the_measured_figures():
     from perturbsets.workflows.demo import DEMO_MODES, check_claims
-    from perturbsets.training.robust import RobustReport
+    from perturbsets.evaluation.robust import RobustReport
 
     def report(clean, perturbed, p50, certified=None):
         return RobustReport("m", clean, perturbed, 0.5, {"p50": p50}, {"p50": certified} if certified else {}, {"p50": 1.0}, {})

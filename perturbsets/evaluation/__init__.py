@@ -10,6 +10,7 @@ from perturbsets.evaluation.certification_store import (
     state_dict_sha256,
 )
 from perturbsets.evaluation.robust import (
+    AdversarialMaps,
     Certificates,
     RobustEvaluation,
     RobustReport,
@@ -22,6 +23,7 @@ from perturbsets.evaluation.robust import (
 )
 
 __all__ = [
+    "AdversarialMaps",
     "CERT_COLUMNS",
     "CertificateStore",
     "Certificates",

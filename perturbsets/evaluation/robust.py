@@ -254,10 +254,22 @@ def robust_evaluate(
     return RobustEvaluation(report, certificates)
 
 
+@dataclass
+class AdversarialMaps:
+    """Four test inputs, their adversarial versions, and the predicted and true class maps of both (on the CPU)."""
+
+    x: Tensor
+    prediction: Tensor
+    x_adv: Tensor
+    prediction_adv: Tensor
+    labels: Tensor
+    num_classes: int
+
+
 def adversarial_maps(
     model: nn.Module, pset: PerturbationSet, batch: PairBatch, cfg: AttackConfig, eps: float, seed: int
-) -> tuple[Tensor, ...] | None:
-    """Segmentation only: (x, predicted maps, x_adv, their maps, true maps) of four test inputs under latent PGD.
+) -> AdversarialMaps | None:
+    """Segmentation only: the first four inputs of ``batch`` under latent PGD at ``eps`` (Figures 14–16).
 
     ``None`` for a classifier. The attack draws from the run's adversarial-maps stream.
     """
@@ -270,4 +282,4 @@ def adversarial_maps(
     x_adv = make_attack(model, pset, cfg, eps, gen)(batch.x[:4], y[:4]).x_adv
     with torch.no_grad():
         adv_pred = model(x_adv).argmax(1)
-    return batch.x[:4].cpu(), logits.argmax(1).cpu(), x_adv.cpu(), adv_pred.cpu(), y[:4].cpu()
+    return AdversarialMaps(batch.x[:4].cpu(), logits.argmax(1).cpu(), x_adv.cpu(), adv_pred.cpu(), y[:4].cpu(), logits.shape[1])
