@@ -80,6 +80,8 @@ class RobustTrainingConfig:
         (x̃ from the truncated prior of the set), ``cvae_adversarial`` (latent PGD at the
         attack radius, Algorithm 1) or ``smoothing`` (latent Gaussian noise of scale
         ``sigma``, for randomized smoothing).
+    select: the checkpoint evaluated, ``best`` (lowest validation error ``val_error`` on
+        the inputs of the mode) or ``latest``.
     channels_last: run the model and the perturbation set's convolutions channels-last (on
         2 CPU cores, 1.2× faster latent PGD and 1.4× faster sampling through ``mnist_stn``).
     """

@@ -1,4 +1,4 @@
-"""Training a CVAE on pairs (x, x̃) and turning it into a :class:`PerturbationSet`.
+"""Training the CVAE of a perturbation set on given train / validation pairs (x, x̃).
 
 Adam with piecewise-linear learning-rate and β schedules evaluated at the fractional epoch
 of every batch (paper Appendix D.1). The objective is the negative ELBO summed over the
