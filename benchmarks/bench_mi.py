@@ -9,7 +9,7 @@ Run on demand (not part of the tests): ``python benchmarks/bench_mi.py [--device
    bf16 is the model cast to bfloat16, an estimate of mixed precision (autocast keeps a
    few reductions in float32). On CUDA the peak of a real step is measured too.
 2. Loading: training pairs per second from scene folders (two JPEG decodes per pair) and
-   from the numpy batch files ``perturbsets make-mi-arrays`` writes.
+   from the numpy batch files ``perturbsets data make-mi-arrays`` writes.
 3. Per-pixel certification of one MIP5 image (36 classes, 125×187 pixels): the full-size
    generator and segmentation U-Net per noise draw, and the vectorised per-pixel
    Clopper–Pearson bounds against a per-pixel loop of ``scipy.stats.binomtest`` calls

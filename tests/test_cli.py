@@ -140,7 +140,7 @@ def test_run_all_skips_experiments_whose_data_is_missing(tmp_path, monkeypatch, 
 
 def test_demo_claims_are_computed_from_the_measured_figures():
     from perturbsets.workflows.demo import DEMO_MODES, check_claims
-    from perturbsets.training.robust import RobustReport
+    from perturbsets.evaluation.robust import RobustReport
 
     def report(clean, perturbed, p50, certified=None):
         return RobustReport("m", clean, perturbed, 0.5, {"p50": p50}, {"p50": certified} if certified else {}, {"p50": 1.0}, {})
@@ -164,3 +164,13 @@ def test_demo_reuses_a_saved_set_for_the_robustness_half(demo_dir, tmp_path, cap
     assert "### The paper's claims, measured" in report and not (out / "perturbation_set").exists()
     assert main(["demo", "--set", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_tools_are_grouped_under_data(tmp_path, capsys):
+    assert main(["data", "make-tiny", "--out", str(tmp_path / "tiny")]) == 0
+    assert "copies written to" in capsys.readouterr().out
+    assert (tmp_path / "tiny" / "cifar-10-batches-py").is_dir()
+    for old in (["make-cifar10c", "--help"], ["make-mi-arrays", "--help"], ["experiments", "make-tiny-data"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(old)
+        assert exit_info.value.code == 2

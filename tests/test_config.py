@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from perturbsets.config.schema import (
-    Config,
-    ConfigError,
-    DataConfig,
-    EvaluationConfig,
-    Schedule,
-    TrainingConfig,
-    from_dict,
-    load_config,
-    save_config,
-    to_dict,
-)
+from perturbsets.config.io import ConfigError, from_dict, load_config, save_config, to_dict
+
+from perturbsets.config.learn import Config, DataConfig, EvaluationConfig, Schedule, TrainingConfig
 
 
 FULL = """
@@ -62,7 +53,7 @@ def _write(tmp_path, text: str, name: str = "c.yaml"):
 
 
 def test_load_full_config(tmp_path):
-    cfg = load_config(_write(tmp_path, FULL))
+    cfg = load_config(_write(tmp_path, FULL), Config)
     assert isinstance(cfg, Config)
     assert cfg.name == "my_run" and cfg.seed == 3
     assert cfg.data.source == "npz" and cfg.data.path == "data/pairs.npz" and cfg.data.canvas == 28
@@ -82,7 +73,7 @@ def test_load_full_config(tmp_path):
 
 
 def test_empty_file_gives_defaults(tmp_path):
-    cfg = load_config(_write(tmp_path, ""))
+    cfg = load_config(_write(tmp_path, ""), Config)
     assert cfg == Config()
     assert cfg.evaluation.radius == "max" and cfg.model.architecture == "mnist_stn"
 
@@ -107,7 +98,7 @@ def test_numeric_radius_and_int_to_float():
 def test_unknown_keys_name_dotted_path_and_suggestion(tmp_path, data, dotted, suggestion):
     path = _write(tmp_path, yaml.safe_dump(data))
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(path, Config)
     msg = str(info.value)
     assert f"'{dotted}'" in msg
     assert f"did you mean '{suggestion}'" in msg
@@ -156,9 +147,9 @@ def test_out_of_range_values(data, match):
 
 def test_top_level_must_be_mapping_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(_write(tmp_path, "- a\n- b\n"))
+        load_config(_write(tmp_path, "- a\n- b\n"), Config)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml", Config)
 
 
 def test_config_error_is_value_error():
@@ -202,10 +193,10 @@ def test_schedule_errors():
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = load_config(_write(tmp_path, FULL))
+    cfg = load_config(_write(tmp_path, FULL), Config)
     out = tmp_path / "sub" / "resolved.yaml"
     save_config(cfg, out)
-    again = load_config(out)
+    again = load_config(out, Config)
     assert again == cfg
     assert to_dict(again) == to_dict(cfg)
     # the saved file is plain YAML with every default filled in
@@ -216,7 +207,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_default_round_trip(tmp_path):
     save_config(Config(), tmp_path / "d.yaml")
-    assert load_config(tmp_path / "d.yaml") == Config()
+    assert load_config(tmp_path / "d.yaml", Config) == Config()
 
 
 def test_from_dict_on_sub_configs():
@@ -231,7 +222,7 @@ def test_from_dict_on_sub_configs():
 
 
 def test_training_attack_defaults_to_algorithm_1_and_evaluation_to_the_stronger_attack():
-    from perturbsets.config.schema import AttackConfig, EvalAttackConfig, RobustConfig
+    from perturbsets.config.robust import AttackConfig, EvalAttackConfig, RobustConfig
 
     train = AttackConfig()
     assert (train.random_start, train.early_stop, train.select, train.steps, train.step_divisor) == (False, False, "final", 7, 5.0)

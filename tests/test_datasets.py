@@ -21,7 +21,11 @@ import pytest
 import torch
 
 from perturbsets.datasets.cifar10 import ForbiddenGlobalError, load_cifar10
-from perturbsets.datasets.cifar10c.reader import cifar10c_version_names, load_cifar10c, load_cifar10c_versioned
+from perturbsets.datasets.cifar10c.reader import (
+    cifar10c_version_names,
+    load_cifar10c,
+    load_cifar10c_versioned,
+)
 from perturbsets.datasets.cifar10c.registry import CORRUPTIONS as ALL_CORRUPTIONS
 from perturbsets.datasets.cifar10c.registry import OOD_CORRUPTIONS, TRAIN_CORRUPTIONS
 from perturbsets.datasets.files import DatasetFormatError

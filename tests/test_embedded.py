@@ -10,7 +10,8 @@ import torch
 
 from perturbsets.datasets import embedded
 from perturbsets.cli import main
-from perturbsets.config.schema import ConfigError, DataConfig
+from perturbsets.config.io import ConfigError
+from perturbsets.config.learn import DataConfig
 from perturbsets.datasets.embedded import EmbeddedDataError, load_mnist5k
 from perturbsets.workflows.experiments import embedded_experiments, load_experiment
 from perturbsets.workflows.sources import load_splits

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from perturbsets.cli import main
-from perturbsets.config.schema import ConfigError
+from perturbsets.config.io import ConfigError
 from perturbsets.workflows.experiments import (
     experiment_names,
     load_experiment,
     run_experiment,
-    table_markdown,
+    write_paper_table,
 )
 from perturbsets.datasets.tiny import write_tiny_datasets
 
@@ -78,9 +78,9 @@ def test_tables_collect_the_rows(dirs):
     data, runs = dirs
     for name in ("mnist-linf-fc", "cifar10-standard"):
         run_experiment(name, data, runs, smoke=True, progress=False)
-    table4 = table_markdown("Table 4", runs, data=data)
+    table4 = write_paper_table("Table 4", runs, data=data)
     assert "| Fully connected ℓ∞ |" in table4 and "Enc. AE" in table4
-    table2 = table_markdown("Table 2", runs, data=data)
+    table2 = write_paper_table("Table 2", runs, data=data)
     assert "| Standard training |" in table2 and "| Method | Clean | Perturbed | OOD |" in table2
     assert (runs / "table_2.md").is_file()
 
@@ -102,7 +102,8 @@ def test_missing_dataset_files_are_named(tmp_path):
 
 def test_experiment_files_are_strict(tmp_path):
     with pytest.raises(ConfigError):
-        from perturbsets.config.schema import Config, from_dict
+        from perturbsets.config.io import from_dict
+        from perturbsets.config.learn import Config
 
         from_dict(Config, {"data": {"source": "mnist", "pairng": "centered"}})
 
@@ -110,7 +111,7 @@ def test_experiment_files_are_strict(tmp_path):
 def test_table_8_reports_latent_norm_statistics(dirs):
     data, runs = dirs
     run_experiment("cifar10c-centered", data, runs, smoke=True, progress=False)
-    table8 = table_markdown("Table 8", runs, data=data)
+    table8 = write_paper_table("Table 8", runs, data=data)
     assert "| Method | β | Mean | Std | 25% | 50% | 75% | Max |" in table8
     assert "| Centered at original | 0.01 |" in table8
 
@@ -124,15 +125,15 @@ def test_make_cifar10c_writes_readable_layouts(tmp_path):
     shutil.rmtree(data / "cifar-10-c-train")
     shutil.rmtree(data / "cifar-10-c-test")
     common = ["--cifar", str(data), "--out", str(data), "--any-size", "--quiet"]
-    assert main(["make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog,contrast,jpeg_compression", *common]) == 0
-    assert main(["make-cifar10c", "--split", "test", "--corruptions", "fog", *common]) == 0
+    assert main(["data", "make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog,contrast,jpeg_compression", *common]) == 0
+    assert main(["data", "make-cifar10c", "--split", "test", "--corruptions", "fog", *common]) == 0
     train = load_cifar10c_versioned(data, data, ["fog", "contrast", "jpeg_compression"], split="train", check_size=False)
     assert train.num_versions == 4 and len(train) == 20
     stack, labels = load_cifar10c(data / "CIFAR-10-C", ["fog"], [1, 5], split="test", layout="hendrycks", check_size=False)
     assert stack.shape == (6, 2, 32, 32, 3) and labels.shape == (6,)
     # Seeded: a second run into another folder writes identical files.
     other = tmp_path / "again"
-    assert main(["make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog", "--cifar", str(data), "--out", str(other), "--any-size", "--quiet"]) == 0
+    assert main(["data", "make-cifar10c", "--split", "train", "--severities", "5", "--corruptions", "fog", "--cifar", str(data), "--out", str(other), "--any-size", "--quiet"]) == 0
     import numpy as np
 
     assert np.array_equal(np.load(other / "cifar-10-c-train" / "fog_5.npy"), np.load(data / "cifar-10-c-train" / "fog_5.npy"))

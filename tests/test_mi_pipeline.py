@@ -9,13 +9,18 @@ import pytest
 import torch
 from conftest import reference_listing
 
-from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
-from perturbsets.workflows.experiments import load_experiment, run_experiment, table_markdown
+from perturbsets.config.io import ConfigError, from_dict
+
+from perturbsets.config.learn import Config
+
+from perturbsets.config.robust import RobustConfig
+from perturbsets.workflows.experiments import load_experiment, run_experiment, write_paper_table
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.workflows.learn import learn_perturbation_set
 from perturbsets.interop.reference import REFERENCE_ARCHITECTURES
-from perturbsets.training.robust import certify_segmentation, robust_evaluate, robust_train
+from perturbsets.evaluation.certification_store import PixelMapStore, certify_to_store
+from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 from perturbsets.workflows.sources import load_splits
 from perturbsets.classifiers.scoring import IGNORE_INDEX
 from perturbsets.datasets.tiny import write_tiny_multi_illumination
@@ -118,8 +123,8 @@ def _robust_config(root, set_dir, mode="smoothing", **evaluation) -> RobustConfi
 
 def test_segmentation_training_evaluation_and_certification(root, mip7_set, tmp_path):
     config = _robust_config(root, mip7_set, certify={"n0": 2, "n": 8, "alpha": 0.1, "batch_size": 8, "max_examples": 2})
-    result = robust_train(config, tmp_path / "run", progress=False)
-    report = robust_evaluate(config, tmp_path / "run", tmp_path / "eval", model=result.model, progress=False)
+    result = run_robust_training(config, tmp_path / "run", progress=False)
+    report = run_robust_evaluation(config, tmp_path / "run", tmp_path / "eval", model=result.model, progress=False)
     # A smoothing run is its smoothed classifier: certified, not attacked, and without the base model's mIoU.
     assert report.pgd == {} and report.miou == {} and set(report.certified) == {"p50", "max"}
     assert (tmp_path / "eval" / "adversarial_segmentation.png").is_file()
@@ -136,14 +141,14 @@ def test_segmentation_training_evaluation_and_certification(root, mip7_set, tmp_
     assert report.clean == pytest.approx(correct / scored)  # CERTIFY's pixel accuracy, abstentions wrong
     stamp = maps[0].stat().st_mtime_ns
     model = result.model
-    radii, ok = certify_segmentation(model, PerturbationSet.load(mip7_set), load_splits(config.data, 0).test, config, 0.5,
-                                     tmp_path / "eval" / "certify", 36)  # fmt: skip
+    radii, ok = certify_to_store(model, PerturbationSet.load(mip7_set), load_splits(config.data, 0).test, config, 0.5,
+                                 PixelMapStore(tmp_path / "eval" / "certify"), 36)  # fmt: skip
     assert maps[0].stat().st_mtime_ns == stamp  # resumed: nothing recomputed
     assert ok.sum() == correct and radii.size == scored
     other = _robust_config(root, mip7_set, certify={"n0": 2, "n": 9, "alpha": 0.1, "batch_size": 8, "max_examples": 2})
     with pytest.raises(ValueError, match="another model or other settings"):
-        certify_segmentation(model, PerturbationSet.load(mip7_set), load_splits(config.data, 0).test, other, 0.5,
-                             tmp_path / "eval" / "certify", 36)  # fmt: skip
+        certify_to_store(model, PerturbationSet.load(mip7_set), load_splits(config.data, 0).test, other, 0.5,
+                         PixelMapStore(tmp_path / "eval" / "certify"), 36)  # fmt: skip
 
 
 def test_fixed_lighting_baseline_trains_on_lighting_zero_only(root):
@@ -166,14 +171,14 @@ def test_tables_10_and_11(tmp_path):
     data = write_tiny_datasets(tmp_path / "data")
     runs = tmp_path / "runs"
     run_experiment("mi-mip5", data, runs, smoke=True, progress=False)
-    text = table_markdown("Table 10", runs, data=data)
+    text = write_paper_table("Table 10", runs, data=data)
     assert "MIP5 (125 × 187)" in text and "Enc" in text
-    norms = table_markdown("Table 11", runs, data=data)
+    norms = write_paper_table("Table 11", runs, data=data)
     metrics = json.loads((runs / "mi-mip5" / "metrics.json").read_text())
     assert f"{metrics['latent_norms']['max']:.2f}" in norms and "| 1 |" in norms  # β = 1 at MIP5
     assert load_experiment("mi-mip3").perturbation_set.training.beta(0) == 10
     run_experiment("mi-cvae-augmentation", data, runs, smoke=True, progress=False)
-    table3 = table_markdown("Table 3", runs, data=data)
+    table3 = write_paper_table("Table 3", runs, data=data)
     assert "| CVAE data augmentation |" in table3 and "mIoU perturbed" in table3 and "PGD ε=" in table3
 
 

@@ -250,7 +250,7 @@ def test_versions_mode_visits_every_lighting_of_every_scene_once(scenes):
 def test_scene_folders_convert_to_the_numpy_layout(scenes, tmp_path):
     from perturbsets.cli import main
 
-    assert main(["make-mi-arrays", "--data", str(scenes), "--mip", str(MIP), "--out", str(tmp_path), "--no-check-size"]) == 0
+    assert main(["data", "make-mi-arrays", "--data", str(scenes), "--mip", str(MIP), "--out", str(tmp_path), "--no-check-size"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(
         f"dataset-{s}-{kind}mip-{MIP}-batch-0.npy" for s in ("train", "val", "test") for kind in ("", "materials-")

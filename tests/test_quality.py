@@ -24,6 +24,7 @@ from perturbsets.core.quality import (
     pixel_error,
 )
 from perturbsets.core.radius import norm_statistics
+from perturbsets.reports.tables import quality_table
 
 
 
@@ -215,7 +216,7 @@ def test_report_to_dict():
 
 
 def test_report_to_markdown_has_table4_headers():
-    md = _report().to_markdown("RTS")
+    md = quality_table(_report().to_dict(), "RTS")
     header = md.splitlines()[0]
     for label in ("Enc. AE", "PGD AE", "EAE", "OAE", "Recon. err", "KL"):
         assert label in header

@@ -10,15 +10,20 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from perturbsets._util.seeding import derive_seed
+from perturbsets.evaluation.certification_store import ExampleTableStore, read_certificates
+from perturbsets.evaluation.robust import RobustReport, pgd_scores
+from perturbsets.reports.tables import robust_table
 from perturbsets.training import robust as robust_mod
 from perturbsets import PerturbationSet
 from perturbsets.attacks.base import AttackOutput
 from perturbsets.cli import main
-from perturbsets.config.schema import ConfigError, RobustConfig, from_dict, to_dict
+from perturbsets.config.io import ConfigError, from_dict, to_dict
+from perturbsets.config.robust import RobustConfig
 from perturbsets.pairs.paired import PairedData
 from perturbsets.core.radius import LatentNormStats
 from perturbsets.cvae.registry import build_cvae
-from perturbsets.training.robust import read_certificates, reports_to_markdown, robust_evaluate, robust_train
+from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
 from oracles import algorithm_1_loop
 
@@ -73,9 +78,9 @@ def config(set_dir, mode="standard", **evaluation) -> RobustConfig:
 @pytest.mark.parametrize("mode", ["standard", "perturbed", "cvae_augment", "cvae_adversarial", "smoothing"])
 def test_every_mode_trains_and_evaluates(set_dir, tmp_path, mode):
     cfg = config(set_dir, mode)
-    result = robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    result = run_robust_training(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
     assert [h["epoch"] for h in result.history] == [0, 1]
-    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    report = run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
     assert 0 <= report.clean <= 1 and 0 <= report.perturbed <= 1
     assert set(report.pgd) == {"p50", "max"}
     assert report.radii == {"p50": 1.0, "max": 2.0}
@@ -93,7 +98,7 @@ def test_every_mode_trains_and_evaluates(set_dir, tmp_path, mode):
 
 def test_adversarial_training_resumes_exactly(set_dir, tmp_path, monkeypatch):
     cfg = config(set_dir, "cvae_adversarial")
-    robust_train(cfg, tmp_path / "full", data=labelled_pairs(), progress=False)
+    run_robust_training(cfg, tmp_path / "full", data=labelled_pairs(), progress=False)
     real = robust_mod.fit.__globals__["save_checkpoint"]
     calls = {"n": 0}
 
@@ -105,9 +110,9 @@ def test_adversarial_training_resumes_exactly(set_dir, tmp_path, monkeypatch):
 
     monkeypatch.setitem(robust_mod.fit.__globals__, "save_checkpoint", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        robust_train(cfg, tmp_path / "resumed", data=labelled_pairs(), progress=False)
+        run_robust_training(cfg, tmp_path / "resumed", data=labelled_pairs(), progress=False)
     monkeypatch.setitem(robust_mod.fit.__globals__, "save_checkpoint", real)
-    robust_train(cfg, tmp_path / "resumed", resume=True, data=labelled_pairs(), progress=False)
+    run_robust_training(cfg, tmp_path / "resumed", resume=True, data=labelled_pairs(), progress=False)
     a = load_file(str(tmp_path / "full" / "checkpoints" / "latest.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "checkpoints" / "latest.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -115,8 +120,8 @@ def test_adversarial_training_resumes_exactly(set_dir, tmp_path, monkeypatch):
 
 def test_certification_writes_a_resumable_table(set_dir, tmp_path):
     cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 50, "alpha": 0.05, "batch_size": 64, "max_examples": 6})
-    robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
-    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    run_robust_training(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    report = run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
     tsv = tmp_path / "eval" / "certify.tsv"
     first = read_certificates(tsv)
     assert tsv.read_text().splitlines()[0].split("\t") == ["idx", "label", "predict", "radius", "correct", "time"]
@@ -131,13 +136,13 @@ def test_certification_writes_a_resumable_table(set_dir, tmp_path):
     text = tsv.read_text().splitlines()
     tsv.write_text("\n".join(text[:4]) + "\n" + text[4][:3])
     cfg.evaluation.certify.max_examples = 10
-    robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
     resumed = read_certificates(tsv)
     assert len(resumed) == 10
     assert sorted(resumed["idx"].tolist()) == sorted(set(resumed["idx"].tolist()))
     # Every row is what an uninterrupted run writes (the time column aside).
     cfg.evaluation.certify.max_examples = 10
-    robust_evaluate(cfg, tmp_path / "run", tmp_path / "fresh", data=labelled_pairs(), progress=False)
+    run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "fresh", data=labelled_pairs(), progress=False)
     fresh = read_certificates(tmp_path / "fresh" / "certify.tsv")
     for col in ("idx", "label", "predict", "radius", "correct"):
         np.testing.assert_array_equal(np.sort(resumed, order="idx")[col], np.sort(fresh, order="idx")[col])
@@ -164,26 +169,26 @@ def test_config_errors():
 def test_data_of_the_wrong_shape_for_the_set(set_dir, tmp_path):
     data = PairedData.from_tensors(torch.rand(96, 1, 6, 6), torch.rand(96, 1, 6, 6), torch.randint(0, 3, (96,)))
     with pytest.raises(ValueError, match=r"perturbation set takes \(1, 8, 8\)"):
-        robust_train(config(set_dir, "cvae_augment"), tmp_path / "run", data=data, progress=False)
+        run_robust_training(config(set_dir, "cvae_augment"), tmp_path / "run", data=data, progress=False)
 
 
 def test_labels_out_of_range_are_reported(set_dir, tmp_path):
     pairs = labelled_pairs()
     bad = PairedData.from_tensors(pairs.images, pairs.perturbed, pairs.labels + 5)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        robust_train(config(set_dir), tmp_path / "run", data=bad, progress=False)
+        run_robust_training(config(set_dir), tmp_path / "run", data=bad, progress=False)
 
 
 def test_unlabelled_data_is_refused(set_dir, tmp_path):
     pairs = labelled_pairs()
     with pytest.raises(ValueError, match="need labels"):
-        robust_train(config(set_dir), tmp_path / "run", data=PairedData.from_tensors(pairs.images, pairs.perturbed), progress=False)
+        run_robust_training(config(set_dir), tmp_path / "run", data=PairedData.from_tensors(pairs.images, pairs.perturbed), progress=False)
 
 
 def test_markdown_table_layout():
-    a = robust_mod.RobustReport("A", 0.9, 0.8, None, {"p50": 0.5}, {}, {"p50": 1.0}, {"test": 10})
-    b = robust_mod.RobustReport("B", 0.7, 0.6, 0.5, {"p50": 0.6}, {"p50": 0.4}, {"p50": 1.0}, {"test": 10})
-    table = reports_to_markdown([a, b])
+    a = RobustReport("A", 0.9, 0.8, None, {"p50": 0.5}, {}, {"p50": 1.0}, {"test": 10})
+    b = RobustReport("B", 0.7, 0.6, 0.5, {"p50": 0.6}, {"p50": 0.4}, {"p50": 1.0}, {"test": 10})
+    table = robust_table([a.to_dict(), b.to_dict()])
     assert "| A | 90.0 | 80.0 | – | 50.0 | – |" in table
     assert "| B | 70.0 | 60.0 | 50.0 | 60.0 | 40.0 |" in table
 
@@ -204,17 +209,17 @@ def test_cli_robust_train_and_eval(set_dir, tmp_path, capsys):
 
 def test_certification_refuses_to_mix_settings(set_dir, tmp_path):
     cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 30, "alpha": 0.05, "batch_size": 64, "max_examples": 3})
-    robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
-    robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    run_robust_training(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
     cfg.evaluation.certify.sigma = 0.9
     with pytest.raises(ValueError, match="another model or other settings"):
-        robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+        run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
 
 
 def test_a_row_cut_after_its_last_tab_is_dropped(tmp_path):
     tsv = tmp_path / "certify.tsv"
     tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n1\t4\t4\t0.9\t1\t")
-    robust_mod._drop_partial_rows(tsv)
+    ExampleTableStore(tsv).drop_partial_rows()
     table = read_certificates(tsv)
     assert table["idx"].tolist() == [0]
     assert tsv.read_text().endswith("0.1\n")
@@ -267,8 +272,8 @@ def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_p
     certify = {"n0": 12, "n": 30, "alpha": 0.01, "batch_size": 64}
     cfg = config(set_dir, "smoothing", certify=certify)
     cfg.training.sigma = 30.0
-    run = robust_train(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
-    report = robust_evaluate(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
+    run = run_robust_training(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    report = run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "eval", data=labelled_pairs(), progress=False)
     model, pset = run.model.eval(), PerturbationSet.load(set_dir)
     smoothed = SmoothedClassifier(model, pset, 30.0, 3)
     test = labelled_pairs().split(cfg.data.split, seed=cfg.seed).test
@@ -277,15 +282,15 @@ def test_smoothing_runs_report_the_smoothed_classifier_as_table_9(set_dir, tmp_p
     certified = []
     for batch in test.batches(16, shuffle=False, seed=0):
         for i, idx in enumerate(batch.index.tolist()):
-            gen = torch.Generator().manual_seed(robust_mod.derive_seed(cfg.seed, 17, idx))
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 17, idx))
             cert = smoothed.certify(batch.x[i : i + 1], 12, 30, 0.01, 64, generator=gen)
             certified.append(int(cert.prediction[0]) == int(batch.y[i]))
     assert report.clean == pytest.approx(np.mean(certified))
 
     # Perturbed: PREDICT on every test pair's x̃ with n0 draws; ABSTAIN never counts as correct.
-    gen = torch.Generator().manual_seed(robust_mod.derive_seed(cfg.seed, 29))
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 29))
     hits, abstained = [], 0
-    for batch in test.evaluation_batches(cfg.evaluation.batch_size, seed=robust_mod.derive_seed(cfg.seed, 13), passes=1):
+    for batch in test.evaluation_batches(cfg.evaluation.batch_size, seed=derive_seed(cfg.seed, 13), passes=1):
         pred = smoothed.predict(batch.x_tilde, 12, 0.01, 64, generator=gen).prediction
         hits += (pred == batch.y).tolist()
         abstained += int((pred == ABSTAIN).sum())
@@ -300,7 +305,7 @@ def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_eve
     """Reference: independent attacks at each radius on the whole batch; an example is robust at
     radius r_k when it survives every attack at radii ≤ r_k (the smaller balls lie inside)."""
     from perturbsets.attacks.latent_pgd import LatentPGD
-    from perturbsets.config.schema import EvalAttackConfig
+    from perturbsets.config.robust import EvalAttackConfig
 
     pset = PerturbationSet.load(set_dir)
     torch.manual_seed(1)
@@ -308,7 +313,7 @@ def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_eve
     data = labelled_pairs(n=48, seed=3)
     cfg = EvalAttackConfig(steps=8)
     radii = [2.0, 0.3, 1.0]  # any order
-    scorers = robust_mod.pgd_scores(model, pset, data.batches(20, shuffle=False, seed=0), cfg, radii, seed=0)
+    scorers = pgd_scores(model, pset, data.batches(20, shuffle=False, seed=0), cfg, radii, seed=0)
     x, y = data.images, data.labels
     survive = {}
     for r in radii:

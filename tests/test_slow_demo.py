@@ -12,10 +12,12 @@ import dataclasses
 
 import pytest
 
-from perturbsets.config.schema import CertifyConfig, Schedule
+from perturbsets.config.learn import Schedule
+
+from perturbsets.config.robust import CertifyConfig
 from perturbsets.workflows.demo import demo_config, robust_config
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
-from perturbsets.training.robust import robust_evaluate, robust_train
+from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +65,8 @@ def reports(learned):
         if mode == "smoothing":
             config.evaluation.certify = CertifyConfig(n0=50, n=200, alpha=0.01, batch_size=500, max_examples=30)
         run = out / "robust" / mode
-        trained = robust_train(config, run, progress=False)
-        found[mode] = robust_evaluate(config, run, run / "eval", model=trained.model, progress=False)
+        trained = run_robust_training(config, run, progress=False)
+        found[mode] = run_robust_evaluation(config, run, run / "eval", model=trained.model, progress=False)
     return found
 
 
@@ -78,7 +80,7 @@ def test_cvae_augmentation_is_more_robust_in_the_set_than_standard_training(repo
 
 
 def test_smoothed_classifier_certifies_most_inputs(learned, reports):
-    from perturbsets.training.robust import read_certificates
+    from perturbsets.evaluation.certification_store import read_certificates
 
     out, _ = learned
     table = read_certificates(out / "robust" / "smoothing" / "eval" / "certify.tsv")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perturbsets.config.schema import Config, from_dict
+from perturbsets.config.io import from_dict
+
+from perturbsets.config.learn import Config
 from perturbsets.workflows.learn import learn_perturbation_set
 from perturbsets.workflows.sources import load_splits
 from perturbsets.datasets.tiny import write_tiny_multi_illumination

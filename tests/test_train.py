@@ -12,19 +12,12 @@ from safetensors.torch import load_file
 
 from perturbsets.training import cvae as train_mod
 from perturbsets.training.loop import TrainingDivergedError
-from perturbsets.config.schema import (
-    Config,
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    Schedule,
-    TrainingConfig,
-    from_dict,
-    load_config,
-)
+from perturbsets.config.io import ConfigError, from_dict, load_config
+from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
 from perturbsets.pairs.paired import PairedData
 from perturbsets.perturbations import LinfNoise
 from perturbsets.training.cvae import train_cvae
+from perturbsets.workflows.sources import load_splits
 
 
 def tiny_config(epochs: int = 2, **training) -> Config:
@@ -59,7 +52,7 @@ def test_lr_and_beta_follow_the_schedule_every_batch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
     config = tiny_config()
-    train_cvae(config, tmp_path / "run", progress=False)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     n_batches = 3  # 96 training images / 32
     expected = [
         np.interp(e + (i + 1) / n_batches, [0, 1, 2], [1e-3, 2e-3, 1e-4]) for e in range(2) for i in range(n_batches)
@@ -69,9 +62,9 @@ def test_lr_and_beta_follow_the_schedule_every_batch(tmp_path, monkeypatch):
 
 def test_run_folder_contents_and_saved_config(tmp_path):
     config = tiny_config()
-    result = train_cvae(config, tmp_path / "run", progress=False)
+    result = train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert load_config(run / "config.yaml") == config
+    assert load_config(run / "config.yaml", Config) == config
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert (run / "checkpoints" / "latest.safetensors").is_file()
@@ -83,11 +76,11 @@ def test_run_folder_contents_and_saved_config(tmp_path):
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     config = tiny_config(epochs=1)
-    train_cvae(config, tmp_path / "run", progress=False)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     with pytest.raises(FileExistsError, match="resume"):
-        train_cvae(config, tmp_path / "run", progress=False)
+        train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
-        train_cvae(config, tmp_path / "other", resume=True, progress=False)
+        train_cvae(config, load_splits(config.data, config.seed), tmp_path / "other", resume=True, progress=False)
 
 
 def _tensors(path):
@@ -96,7 +89,7 @@ def _tensors(path):
 
 def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
     config = tiny_config(epochs=3)
-    train_cvae(config, tmp_path / "full", progress=False)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "full", progress=False)
 
     real_validation = train_mod.validation_loss
     calls = {"n": 0}
@@ -109,12 +102,12 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "validation_loss", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_cvae(config, tmp_path / "resumed", progress=False)
+        train_cvae(config, load_splits(config.data, config.seed), tmp_path / "resumed", progress=False)
     monkeypatch.setattr(train_mod, "validation_loss", real_validation)
     # Garbage in torch's global RNG must not matter: every draw is seeded by (seed, epoch).
     torch.manual_seed(12345)
     torch.rand(100)
-    train_cvae(config, tmp_path / "resumed", resume=True, progress=False)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "resumed", resume=True, progress=False)
 
     for name in ("latest.safetensors", "best.safetensors"):
         full = _tensors(tmp_path / "full" / "checkpoints" / name)
@@ -128,9 +121,10 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    train_cvae(tiny_config(epochs=1), tmp_path / "run", progress=False)
+    config, changed = tiny_config(epochs=1), tiny_config(epochs=1, weight_decay=0.1)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="config differs"):
-        train_cvae(tiny_config(epochs=1, weight_decay=0.1), tmp_path / "run", resume=True, progress=False)
+        train_cvae(changed, load_splits(changed.data, changed.seed), tmp_path / "run", resume=True, progress=False)
 
 
 class NaNAfter:
@@ -152,7 +146,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     # 3 training batches + 1 validation batch make the first epoch; NaN arrives in epoch 2.
     data = PairedData.on_the_fly(images, NaNAfter(4))
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2.*last good checkpoint.*Lower training.lr"):
-        train_cvae(config, tmp_path / "run", data=data, progress=False)
+        train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
     state = _tensors(tmp_path / "run" / "checkpoints" / "latest.safetensors")
     assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -163,14 +157,14 @@ def test_data_shape_must_match_the_model(tmp_path):
     config = tiny_config(epochs=1)
     data = PairedData.on_the_fly(torch.rand(160, 1, 20, 20), LinfNoise(0.3))
     with pytest.raises(ValueError, match=r"\(1, 20, 20\).*input_shape"):
-        train_cvae(config, tmp_path / "run", data=data, progress=False)
+        train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
 
 
 def test_too_small_dataset_for_the_split(tmp_path):
     config = tiny_config(epochs=1)
     data = PairedData.on_the_fly(torch.rand(50, 1, 28, 28), LinfNoise(0.3))
     with pytest.raises(ValueError, match="split"):
-        train_cvae(config, tmp_path / "run", data=data, progress=False)
+        train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
 
 
 def test_cuda_request_without_gpu_is_a_clear_error(tmp_path):
@@ -179,7 +173,7 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="no CUDA device"):
         config = tiny_config(epochs=1)
         config.training.device = "cuda"
-        train_cvae(config, tmp_path / "r", progress=False)
+        train_cvae(config, load_splits(config.data, config.seed), tmp_path / "r", progress=False)
 
 
 def test_options_may_not_carry_the_distribution():
@@ -192,7 +186,7 @@ def test_data_outside_the_generators_range_is_refused(tmp_path):
     images = torch.rand(160, 1, 28, 28) * 255
     data = PairedData.on_the_fly(images, LinfNoise(0.3, value_range=(0.0, 255.0)), value_range=(0.0, 255.0))
     with pytest.raises(ValueError, match=r"value range is \[0.0, 255.0\].*rescale the data to \[0, 1\]"):
-        train_cvae(config, tmp_path / "run", data=data, progress=False)
+        train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
 
 
 def test_prefetch_keeps_order_reraises_and_stops_early():
@@ -250,7 +244,7 @@ def test_training_minimises_the_batch_sum_so_weight_decay_is_the_papers(tmp_path
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", spy)
-    train_cvae(config, tmp_path / "run", progress=False)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
     assert groups[0]["weight_decay"] == wd
 
     # Reference: the first batch's negative ELBO summed over the batch, from torch.distributions.

@@ -437,8 +437,9 @@ def test_with_augment_for_paired_data():
 
 
 def test_train_cvae_accepts_versioned_data(tmp_path):
-    from perturbsets.config.schema import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
+    from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
     from perturbsets.training.cvae import train_cvae
+    from perturbsets.workflows.sources import load_splits
 
     images, labels = load_digits(28)
     x = images[:160]
@@ -453,6 +454,6 @@ def test_train_cvae_accepts_versioned_data(tmp_path):
         training=TrainingConfig(epochs=1, batch_size=32, lr=Schedule([0, 1], [1e-3, 1e-3]),
                                 beta=Schedule([0, 1], [1.0, 1.0]), device="cpu"),
     )
-    result = train_cvae(config, tmp_path / "run", data=data, progress=False)
+    result = train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_loss"])
     assert result.splits.train.augment is not None and result.splits.val.augment is None

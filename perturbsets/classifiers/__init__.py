@@ -6,7 +6,14 @@ errors, confusion matrices and mIoU for classification (N, K) and segmentation (
 """
 
 from perturbsets.classifiers.architectures import CLASSIFIERS, build_classifier, register_classifier
-from perturbsets.classifiers.scoring import IGNORE_INDEX, Scorer, eval_mode, mean_iou, per_example_error, per_example_loss
+from perturbsets.classifiers.scoring import (
+    IGNORE_INDEX,
+    Scorer,
+    eval_mode,
+    mean_iou,
+    per_example_error,
+    per_example_loss,
+)
 
 __all__ = [
     "CLASSIFIERS",

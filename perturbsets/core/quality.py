@@ -159,23 +159,6 @@ class QualityReport:
         out.update(self.extra)
         return out
 
-    def to_markdown(self, name: str = "CVAE") -> str:
-        """A table laid out like the paper's Table 4: mean ± standard deviation *across test pairs*.
-
-        The paper's ± is the spread of the mean over repeated evaluation passes, a much
-        smaller number; the note under the table says which one this is.
-        """
-        s = self.summary()
-        header = "| Model | ε | " + " | ".join(LABELS[k] for k in METRICS) + " |"
-        rule = "|" + "---|" * (len(METRICS) + 2)
-        cells = " | ".join(f"{s[k].mean:.4g} ± {s[k].std:.2g}" for k in METRICS)
-        note = (
-            f"\n\nErrors are per-pixel means ({'the generator NLL term' if self.metric == 'nll' else 'squared error'}) "
-            f"over {s['kl'].count} test pairs; KL is per example. ± is the standard deviation across test pairs "
-            "(the spread of single pairs), not the paper's spread over repeated evaluation passes."
-        )
-        return f"{header}\n{rule}\n| {name} | {self.radius:.4g} | {cells} |{note}\n"
-
 
 def evaluate_quality(
     pset: PerturbationSet,

@@ -18,7 +18,11 @@ arrays and labels as int64 (``torch.from_numpy`` makes tensors without a copy).
 
 from perturbsets.datasets.cifar10 import ForbiddenGlobalError, load_cifar10
 from perturbsets.datasets.cifar10c.generator import make_corrupted_split
-from perturbsets.datasets.cifar10c.reader import cifar10c_version_names, load_cifar10c, load_cifar10c_versioned
+from perturbsets.datasets.cifar10c.reader import (
+    cifar10c_version_names,
+    load_cifar10c,
+    load_cifar10c_versioned,
+)
 from perturbsets.datasets.cifar10c.registry import CORRUPTIONS, OOD_CORRUPTIONS, TRAIN_CORRUPTIONS, corrupt
 from perturbsets.datasets.embedded import MNIST5K_PARTS, EmbeddedDataError, load_mnist5k
 from perturbsets.datasets.files import DatasetFormatError

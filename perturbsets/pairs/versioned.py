@@ -41,7 +41,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perturbsets._util.checks import check_array_values, check_tensor_values, check_value_range, non_negative_int
+from perturbsets._util.checks import (
+    check_array_values,
+    check_tensor_values,
+    check_value_range,
+    non_negative_int,
+)
 from perturbsets._util.seeding import DataStream, epoch_generator
 from perturbsets.pairs.augment import JointAugmentation, check_augment
 from perturbsets.pairs.batch import PairBatch

@@ -1,4 +1,4 @@
-"""Training a CVAE on pairs (x, x̃) and turning it into a :class:`PerturbationSet`.
+"""Training the CVAE of a perturbation set on given train / validation pairs (x, x̃).
 
 Adam with piecewise-linear learning-rate and β schedules evaluated at the fractional epoch
 of every batch (paper Appendix D.1). The objective is the negative ELBO summed over the
@@ -24,15 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from perturbsets.config.schema import Config
+from perturbsets._util.seeding import Stream, derive_seed, seeded_generator
+from perturbsets.config.learn import Config
+from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.cvae.model import CVAE
+from perturbsets.cvae.registry import build_cvae
 from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.pairs.paired import PairedData
-from perturbsets.workflows.sources import load_splits
-from perturbsets.training.loop import StepOutput, derive_seed, fit, prepare_run, resolve_device
-from perturbsets.cvae.registry import build_cvae
-from perturbsets.core.perturbation_set import PerturbationSet
-
+from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
 
 
 @dataclass
@@ -49,7 +48,7 @@ class TrainResult:
 
 
 def build_model(config: Config) -> CVAE:
-    torch.manual_seed(derive_seed(config.seed, 0, 1))
+    torch.manual_seed(derive_seed(config.seed, 0, Stream.CVAE_INIT))
     return build_cvae(config.model.architecture, distribution=config.model.distribution, **config.model.options)
 
 
@@ -94,7 +93,7 @@ def validation_loss(cvae: CVAE, data: PairedData, config: Config, device: torch.
     """
     cvae.eval()
     beta = config.training.beta(math.inf)
-    gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, 0, 3))
+    gen = seeded_generator(config.seed, 0, Stream.CVAE_VALIDATION, device=device)
     totals = np.zeros(3)
     count = 0
     for batch in data.batches(config.training.batch_size, shuffle=False, seed=config.seed, epoch=0, device=device):
@@ -114,22 +113,20 @@ def _noise(cvae: CVAE, n: int, gen: torch.Generator, device: torch.device) -> to
 
 def train_cvae(
     config: Config,
+    splits: DataSplits,
     out_dir: str | Path,
     *,
     resume: bool = False,
-    data: PairedData | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the CVAE described by ``config`` and write the run into ``out_dir``.
+    """Train the CVAE described by ``config`` on ``splits`` (train, and val for selection) into ``out_dir``.
 
     ``out_dir`` receives ``config.yaml`` (the resolved config), ``history.json`` and
-    ``checkpoints/``. ``data`` overrides ``config.data`` (pairs already in memory).
-    With ``resume`` the run continues from ``checkpoints/latest.safetensors``.
+    ``checkpoints/``. With ``resume`` the run continues from ``checkpoints/latest.safetensors``.
     """
     out_dir = Path(out_dir)
     prepare_run(out_dir, resume)
     device = resolve_device(config.training.device)
-    splits = load_splits(config.data, config.seed, data)
     cvae = build_model(config).to(device)
     if config.training.init_from is not None and not resume:
         initialise_from(cvae, config)
@@ -158,8 +155,9 @@ def train_cvae(
         train=splits.train,
         step=step,
         validate=validate,
+        monitor="val_loss",
         device=device,
         resume=resume,
         progress=progress,
     )
-    return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_val_loss, out_dir, device)
+    return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_value, out_dir, device)

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from perturbsets._util.io import write_json
 from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
-from perturbsets.config.schema import save_config, to_dict
+from perturbsets._util.io import write_json
+from perturbsets._util.seeding import Stream, seeded_generator
+from perturbsets.config.io import save_config, to_dict
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.source import PairSource
 
@@ -48,11 +49,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return device
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every part (seed, epoch, stream…), via NumPy's SeedSequence."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
 def prefetch(iterable: Iterable[Any], depth: int) -> Iterator[Any]:
@@ -110,9 +106,11 @@ class StepOutput:
 
 @dataclass
 class FitResult:
+    """The run's history, and the epoch and value of the lowest monitored validation figure."""
+
     history: list[dict[str, Any]]
     best_epoch: int
-    best_val_loss: float
+    best_value: float
 
 
 def prepare_run(out_dir: Path, resume: bool) -> Path:
@@ -136,6 +134,7 @@ def fit(
     train: PairSource,
     step: Callable[[PairBatch, float, torch.Generator], StepOutput],
     validate: Callable[[], dict[str, float]],
+    monitor: str,
     device: torch.device,
     resume: bool = False,
     progress: bool = True,
@@ -148,12 +147,14 @@ def fit(
             ``epochs``, ``batch_size``, ``lr``, ``select`` and ``amp``); saved as
             ``config.yaml`` and stored in every checkpoint so a resume with a different
             config is refused. ``select`` picks the checkpoint loaded at the end: ``best``
-            (lowest ``val_loss``) or ``latest``; ``amp`` runs the steps under bfloat16
+            (lowest ``monitor``) or ``latest``; ``amp`` runs the steps under bfloat16
             autocast on CUDA (no effect on the CPU, where bfloat16 matmuls are rarely faster).
         train: the training pairs, shuffled every epoch from (seed, epoch).
         step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
             seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
-        validate: returns at least ``val_loss`` (lower is better) after each epoch.
+        validate: returns the validation figures after each epoch, ``monitor`` among them.
+        monitor: the key of ``validate``'s result that selects the best epoch (lower is
+            better), e.g. ``val_loss``; the checkpoint state records it as ``best_<monitor>``.
         prefetch_batches: batches read ahead in a background thread (0 = none).
     """
     tc, seed = config.training, config.seed
@@ -163,6 +164,7 @@ def fit(
     )
     ckpt_dir = out_dir / "checkpoints"
     latest = prepare_run(out_dir, resume)
+    best_key = f"best_{monitor}"
     config_dict = json.loads(json.dumps(to_dict(config)))
     start, best_val, best_epoch, history = 0, math.inf, -1, []
     if resume:
@@ -171,7 +173,7 @@ def fit(
             raise ValueError(
                 f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
             )
-        start, best_val, best_epoch, history = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"], state["history"]
+        start, best_val, best_epoch, history = state["epoch"] + 1, state[best_key], state["best_epoch"], state["history"]
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
@@ -182,7 +184,7 @@ def fit(
     for epoch in range(start, epochs):
         began = time.perf_counter()
         model.train()
-        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, 2))
+        gen = seeded_generator(seed, epoch, Stream.TRAIN_NOISE, device=device)
         sums: dict[str, float] = {}
         seen = 0
         batches = prefetch(train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device), prefetch_batches)
@@ -209,18 +211,18 @@ def fit(
             bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
         model.eval()
         val = validate()
-        if not np.isfinite(val["val_loss"]):
+        if not np.isfinite(val[monitor]):
             raise TrainingDivergedError(
-                f"the validation loss became {val['val_loss']} at epoch {epoch + 1}; the last good checkpoint is kept. "
+                f"the validation {monitor.removeprefix('val_')} became {val[monitor]} at epoch {epoch + 1}; the last good checkpoint is kept. "
                 "Lower training.lr."
             )
         record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
         record["seconds"] = time.perf_counter() - began
         history.append(record)
-        improved = val["val_loss"] < best_val
+        improved = val[monitor] < best_val
         if improved:
-            best_val, best_epoch = val["val_loss"], epoch
-        state = {"epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
+            best_val, best_epoch = val[monitor], epoch
+        state = {"epoch": epoch, best_key: best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
         if improved:
             save_checkpoint(ckpt_dir / BEST, model, None, state)
         save_checkpoint(latest, model, optimizer, state)

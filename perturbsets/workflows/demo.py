@@ -19,23 +19,23 @@ from pathlib import Path
 import torch
 
 from perturbsets._util.io import write_text
-from perturbsets.config.schema import CertifyConfig, Config, RobustConfig, Schedule, load_config
-from perturbsets.workflows.sources import load_splits
-from perturbsets.training.loop import resolve_device
-from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
-from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.reports.plots import plot_samples
-from perturbsets.training.robust import (
-    RobustReport,
-    make_attack,
-    reports_to_markdown,
-    robust_evaluate,
-    robust_train,
-)
 from perturbsets.certify.statistics import max_certifiable_radius, sigma_for_radius
+from perturbsets.config.io import load_config
+from perturbsets.config.learn import Config, Schedule
+from perturbsets.config.robust import CertifyConfig, RobustConfig
+from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.evaluation.robust import RobustReport
+from perturbsets.reports.plots import plot_samples
+from perturbsets.reports.tables import quality_table, robust_table
+from perturbsets.training.loop import resolve_device
+from perturbsets.training.robust import make_attack
+from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
+from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
+from perturbsets.workflows.sources import load_splits
 
 DEMO_CONFIG = "mnist_rts.yaml"
 ROBUST_CONFIG = "mnist_robust.yaml"
+CONFIG_FOLDER = ("configs", "demo")
 DEMO_MODES = {
     "standard": "Standard training",
     "perturbed": "RTS data augmentation",
@@ -56,12 +56,12 @@ SMOOTHING_RADIUS = "p75"
 
 
 def _packaged_config(name: str, cls):
-    with resources.as_file(resources.files("perturbsets") / "configs" / name) as path:
+    with resources.as_file(resources.files("perturbsets").joinpath(*CONFIG_FOLDER, name)) as path:
         return load_config(path, cls)
 
 
 def demo_config(*, quick: bool = False, seed: int = 0, device: str = "auto") -> Config:
-    """The demo's config (``perturbsets/configs/mnist_rts.yaml``); ``quick`` shrinks every budget."""
+    """The demo's config (``perturbsets/configs/demo/mnist_rts.yaml``); ``quick`` shrinks every budget."""
     config = _packaged_config(DEMO_CONFIG, Config)
     config.seed = seed
     config.training.device = device
@@ -79,7 +79,7 @@ def demo_config(*, quick: bool = False, seed: int = 0, device: str = "auto") -> 
 
 
 def robust_config(mode: str, set_dir: Path, pset: PerturbationSet, *, quick: bool, seed: int, device: str) -> RobustConfig:
-    """The demo's robust-training config for one mode (``perturbsets/configs/mnist_robust.yaml``)."""
+    """The demo's robust-training config for one mode (``perturbsets/configs/demo/mnist_robust.yaml``)."""
     config = _packaged_config(ROBUST_CONFIG, RobustConfig)
     config.name = DEMO_MODES[mode]
     config.seed = seed
@@ -185,11 +185,11 @@ def run_robust_demo(
         began = time.perf_counter()
         config = robust_config(mode, set_dir, pset, quick=quick, seed=seed, device=device)
         run = out / "robust" / mode
-        result = robust_train(config, run, progress=progress)
-        reports[mode] = robust_evaluate(config, run, run / "eval", model=result.model, progress=progress)
+        result = run_robust_training(config, run, progress=progress)
+        reports[mode] = run_robust_evaluation(config, run, run / "eval", model=result.model, progress=progress)
         configs[mode], models[mode] = config, result.model
         seconds[mode] = time.perf_counter() - began
-    table = reports_to_markdown(list(reports.values()))
+    table = robust_table([r.to_dict() for r in reports.values()])
     write_text(out / "robust" / "results.md", table)
     figure = adversarial_figure(out, configs, models, pset)
     smoothing = configs["smoothing"]
@@ -261,7 +261,7 @@ def run_demo(
     if set_dir is None:
         config = demo_config(quick=quick, seed=seed, device=device)
         result = learn_perturbation_set(config, out, progress=progress)
-        print(result.report.to_markdown(config.model.architecture))
+        print(quality_table(result.report.to_dict(), config.model.architecture))
         print(f"perturbation set learned and evaluated in {time.perf_counter() - began:.0f} s")
         set_dir, radius = out / SET_DIR, result.perturbation_set.radius
     else:
@@ -276,7 +276,7 @@ def run_demo(
         radius = pset.radius
     if robust:
         reports, _ = run_robust_demo(out, set_dir, quick=quick, seed=seed, device=device, progress=progress)
-        print(reports_to_markdown(reports))
+        print(robust_table([r.to_dict() for r in reports]))
     print(
         f"demo finished in {time.perf_counter() - began:.0f} s: radius ε = {radius:.3g}; "
         f"report {out / 'report.md'}, perturbation set {set_dir}"

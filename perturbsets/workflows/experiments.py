@@ -1,6 +1,6 @@
 """The paper's experiments as named, resumable runs (``perturbsets experiments``).
 
-Each experiment is a YAML file in ``perturbsets/experiments/``:
+Each experiment is a YAML file in ``perturbsets/configs/paper/``:
 
 * ``description``, ``table`` and ``row``: which row of which paper table it reproduces;
 * ``requires``: another experiment whose perturbation set it uses (run first);
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,11 +32,13 @@ import yaml
 
 from perturbsets._util.io import write_text
 from perturbsets._util.registry import unknown_name_message
-from perturbsets.config.schema import Config, ConfigError, RobustConfig, from_dict
+from perturbsets.config.io import ConfigError, from_dict
+from perturbsets.config.learn import Config
+from perturbsets.config.robust import RobustConfig
+from perturbsets.reports.tables import paper_table
 from perturbsets.training.loop import LATEST
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
-from perturbsets.core.quality import LABELS, METRICS
-from perturbsets.training.robust import RobustReport, reports_to_markdown, robust_evaluate, robust_train
+from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
 EMBEDDED = "embedded"
 EMBEDDED_SPLIT = {"train": 4000, "val": 500}
@@ -44,6 +47,8 @@ KEYS = ("description", "table", "row", "requires", "perturbation_set", "robust",
 
 @dataclass
 class Experiment:
+    """One experiment file, its configs resolved."""
+
     name: str
     description: str
     table: str
@@ -54,7 +59,7 @@ class Experiment:
 
 
 def _experiment_files() -> dict[str, Any]:
-    folder = resources.files("perturbsets") / "experiments"
+    folder = resources.files("perturbsets") / "configs" / "paper"
     return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
@@ -161,13 +166,15 @@ def run_experiment(
         robust_dir = run / "robust"
         if not (robust_dir / "eval" / "robust_metrics.json").is_file():
             resume = (robust_dir / "checkpoints" / LATEST).is_file()
-            result = robust_train(exp.robust, robust_dir, resume=resume, progress=progress)
-            robust_evaluate(exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress)
+            result = run_robust_training(exp.robust, robust_dir, resume=resume, progress=progress)
+            run_robust_evaluation(
+                exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
+            )
     return run
 
 
-def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") -> str:
-    """The rows of ``table`` (e.g. ``"Table 4"``) from every finished experiment under ``out``."""
+def write_paper_table(table: str, out: str | Path, *, data: str | Path = "data") -> str:
+    """The rows of ``table`` (e.g. ``"Table 4"``) from every finished experiment under ``out``, also saved as ``out/table_4.md``."""
     out = Path(out)
     # Tables 8 and 11 hold the validation latent-norm statistics of the Table 7 and Table 10 sets.
     norms_of = {"Table 8": "Table 7", "Table 11": "Table 10"}
@@ -178,31 +185,55 @@ def table_markdown(table: str, out: str | Path, *, data: str | Path = "data") ->
     if not exps:
         tables = sorted({load_experiment(n).table for n in experiment_names()} | set(norms_of))
         raise ValueError(unknown_name_message("table", table, tables))
-    robust_rows: list[RobustReport] = []
-    set_rows = []
+    robust_records, quality_rows, norm_rows = [], [], []
     for exp in exps:
         if exp.robust is not None:
             path = out / exp.name / "robust" / "eval" / "robust_metrics.json"
             if path.is_file():
-                robust_rows.append(RobustReport(**json.loads(path.read_text())))
+                robust_records.append(json.loads(path.read_text()))
         elif (out / exp.name / "metrics.json").is_file():
-            set_rows.append((exp.row, json.loads((out / exp.name / "metrics.json").read_text())))
-    lines = [f"# {table}", ""]
-    if set_rows and norms_only:
-        lines += ["| Method | β | Mean | Std | 25% | 50% | 75% | Max |", "|---|---|---|---|---|---|---|---|"]
-        for (row, m), exp in zip(set_rows, [e for e in exps if (out / e.name / "metrics.json").is_file()]):
-            s = m["latent_norms"]
-            beta = exp.perturbation_set.training.beta(float("inf")) if exp.perturbation_set else float("nan")
-            cells = [f"{beta:g}", f"{s['mean']:.2f}", f"{s['std']:.2f}"] + [f"{s['percentiles'][p]:.2f}" for p in ("p25", "p50", "p75")]
-            lines.append(f"| {row} | " + " | ".join(cells) + f" | {s['max']:.2f} |")
-    elif set_rows:
-        lines += ["| Model | ε | " + " | ".join(LABELS[k] for k in METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
-        for row, m in set_rows:
-            lines.append(f"| {row} | {m['radius']:.3g} | " + " | ".join(f"{m[k]['mean']:.3g}" for k in METRICS) + " |")
-    if robust_rows:
-        lines.append(reports_to_markdown(robust_rows))
-    if len(lines) == 2:
-        lines.append("No experiment of this table has finished yet.")
-    text = "\n".join(lines) + "\n"
+            metrics = json.loads((out / exp.name / "metrics.json").read_text())
+            if norms_only:
+                beta = exp.perturbation_set.training.beta(float("inf")) if exp.perturbation_set else float("nan")
+                norm_rows.append((exp.row, beta, metrics))
+            else:
+                quality_rows.append((exp.row, metrics))
+    text = paper_table(table, quality_rows=quality_rows, norm_rows=norm_rows, robust_records=robust_records)
     write_text(out / f"{table.replace(' ', '_').lower()}.md", text)
     return text
+
+
+def list_experiments() -> None:
+    """Print every experiment with its table, row and the experiment whose set it uses."""
+    for name in experiment_names():
+        exp = load_experiment(name)
+        needs = f" (uses {exp.requires})" if exp.requires else ""
+        print(f"{name:<30} {exp.table:<8} {exp.row}{needs}")
+
+
+def run_experiments(name: str, data: str | Path, out: str | Path, *, smoke: bool, progress: bool) -> int:
+    """Run experiment ``name`` (or ``all`` that ``data`` serves) and print the tables they fill; the exit status.
+
+    ``all`` skips the experiments whose data is missing from ``data`` (status 1 then).
+    """
+    names = [name]
+    if name == "all":
+        names = embedded_experiments() if str(data) == EMBEDDED else experiment_names()
+    missing = []
+    for each in names:
+        try:
+            run = run_experiment(each, data, out, smoke=smoke, progress=progress)
+        except FileNotFoundError as err:
+            if name != "all":
+                raise
+            # "all" runs what the --data folder allows (e.g. MNIST and CIFAR without Multi-Illumination).
+            missing.append(each)
+            print(f"{each}: skipped, its data is missing: {err}", file=sys.stderr)
+            continue
+        print(f"{each}: done, results in {run}")
+    for table in sorted({load_experiment(n).table for n in names if n not in missing}):
+        print(write_paper_table(table, out, data=data))
+    if missing:
+        print(f"{len(missing)} experiment(s) skipped for missing data: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0

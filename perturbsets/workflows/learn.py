@@ -13,16 +13,19 @@ import numpy as np
 import torch
 
 from perturbsets._util.io import atomic_path, write_json
-from perturbsets.config.schema import Config
-from perturbsets.cvae.model import CVAE
-from perturbsets.pairs.paired import PairedData
-from perturbsets.workflows.sources import load_splits
+from perturbsets._util.seeding import Stream, derive_seed
+from perturbsets.config.io import load_config
+from perturbsets.config.learn import Config
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.core.quality import QualityReport, evaluate_quality
 from perturbsets.core.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
-from perturbsets.reports.quality import write_report
-from perturbsets.training.loop import derive_seed, resolve_device
+from perturbsets.cvae.model import CVAE
+from perturbsets.pairs.paired import PairedData
+from perturbsets.reports.quality_report import write_report
+from perturbsets.reports.tables import quality_table
 from perturbsets.training.cvae import TrainResult, train_cvae
+from perturbsets.training.loop import prepare_run, resolve_device
+from perturbsets.workflows.sources import load_splits
 
 SET_DIR = "perturbation_set"
 
@@ -37,7 +40,7 @@ class RadiusChoice:
 def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.device | str) -> RadiusChoice:
     """ε from the validation encodings by ``config.evaluation.radius`` (Appendix B)."""
     ev = config.evaluation
-    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, 7), passes=ev.radius_passes, device=device)
+    batches = val.evaluation_batches(ev.batch_size, seed=derive_seed(config.seed, Stream.RADIUS_BATCHES), passes=ev.radius_passes, device=device)
     norms = latent_norms(cvae, batches)
     return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
 
@@ -47,7 +50,7 @@ def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: Laten
     return evaluate_quality(
         pset,
         test.evaluation_batches(
-            ev.batch_size, seed=derive_seed(config.seed, 11), passes=ev.passes, device=pset.device, max_pairs=ev.max_pairs
+            ev.batch_size, seed=derive_seed(config.seed, Stream.QUALITY_BATCHES), passes=ev.passes, device=pset.device, max_pairs=ev.max_pairs
         ),
         steps=ev.pgd_steps,
         step_size=ev.pgd_step_size,
@@ -84,7 +87,8 @@ def learn_perturbation_set(
     ``perturbation_set/``, ``metrics.json``, figures and ``report.md``.
     """
     out_dir = Path(out_dir)
-    result = train_cvae(config, out_dir, resume=resume, data=data, progress=progress)
+    prepare_run(out_dir, resume)  # before reading the data, which can take minutes
+    result = train_cvae(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
     choice = choose_radius(result.cvae, result.splits.val, config, result.device)
     pset = PerturbationSet(
         result.cvae,
@@ -100,7 +104,7 @@ def learn_perturbation_set(
     write_json(out_dir / "metrics.json", pset.metrics)
     with atomic_path(out_dir / "latent_norms.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, choice.norms)
-    write_report(out_dir, pset, report, result.splits.test, config, choice.norms, result.history)
+    write_report(out_dir, pset, pset.metrics, result.splits.test, config, choice.norms, result.history)
     return LearnResult(pset, report, result, choice, out_dir)
 
 
@@ -112,5 +116,23 @@ def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path,
     report = assess(pset, splits.test, config, None, progress)
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", report.to_dict())
-    write_report(out_dir, pset, report, splits.test, config, None, None)
+    write_report(out_dir, pset, report.to_dict(), splits.test, config, None, None)
+    return report
+
+
+def learn_from_file(config_path: str | Path, out_dir: str | Path, *, resume: bool, progress: bool) -> LearnResult:
+    """``perturbsets train``: learn the set of a YAML config and print its quality table."""
+    config = load_config(config_path, Config)
+    result = learn_perturbation_set(config, out_dir, resume=resume, progress=progress)
+    print(quality_table(result.report.to_dict(), config.model.architecture))
+    print(f"perturbation set saved to {result.out_dir / SET_DIR}; report: {result.out_dir / 'report.md'}")
+    return result
+
+
+def evaluate_from_file(set_dir: str | Path, config_path: str | Path, out_dir: str | Path, *, progress: bool) -> QualityReport:
+    """``perturbsets evaluate``: measure a saved set on the test split of a YAML config's data and print the table."""
+    config = load_config(config_path, Config)
+    report = evaluate_saved_set(set_dir, config, out_dir, progress=progress)
+    print(quality_table(report.to_dict(), config.model.architecture))
+    print(f"metrics and report written to {out_dir}")
     return report

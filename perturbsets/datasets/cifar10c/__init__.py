@@ -34,7 +34,11 @@ from perturbsets.datasets.cifar10c.blur import defocus_kernel
 from perturbsets.datasets.cifar10c.frost_textures import load_frost_textures, procedural_frost_textures
 from perturbsets.datasets.cifar10c.generator import CHUNK_SIZE, make_corrupted_split
 from perturbsets.datasets.cifar10c.imageops import hsv_to_rgb, motion_blur_kernel, rgb_to_hsv
-from perturbsets.datasets.cifar10c.reader import cifar10c_version_names, load_cifar10c, load_cifar10c_versioned
+from perturbsets.datasets.cifar10c.reader import (
+    cifar10c_version_names,
+    load_cifar10c,
+    load_cifar10c_versioned,
+)
 from perturbsets.datasets.cifar10c.registry import (
     CORRUPTIONS,
     NOISE_CORRUPTIONS,

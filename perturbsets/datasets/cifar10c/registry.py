@@ -95,7 +95,13 @@ from perturbsets.datasets.cifar10c.digital import (
 )
 from perturbsets.datasets.cifar10c.frost_textures import check_frost_textures, procedural_frost_textures
 from perturbsets.datasets.cifar10c.imageops import SIZE
-from perturbsets.datasets.cifar10c.noise import NOISE_PARAMETERS, gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from perturbsets.datasets.cifar10c.noise import (
+    NOISE_PARAMETERS,
+    gaussian_noise,
+    impulse_noise,
+    shot_noise,
+    speckle_noise,
+)
 from perturbsets.datasets.cifar10c.weather import WEATHER_PARAMETERS, brightness, fog, frost, snow, spatter
 
 __all__ = [

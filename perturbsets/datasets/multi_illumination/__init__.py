@@ -41,7 +41,12 @@ from perturbsets.datasets.multi_illumination.loader import (
     split_scenes,
     write_numpy_batches,
 )
-from perturbsets.datasets.multi_illumination.materials import MATERIALS, PALETTE, PALETTE_TO_CLASS, remap_materials
+from perturbsets.datasets.multi_illumination.materials import (
+    MATERIALS,
+    PALETTE,
+    PALETTE_TO_CLASS,
+    remap_materials,
+)
 
 __all__ = [
     "MATERIALS",

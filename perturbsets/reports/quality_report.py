@@ -1,4 +1,4 @@
-"""Figures and a Markdown report for a learned perturbation set."""
+"""The quality report of a learned perturbation set: its figures and ``report.md``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from perturbsets._util.io import write_text
-from perturbsets.config.schema import Config
-from perturbsets.pairs.paired import PairedData
+from perturbsets.config.learn import Config
 from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.plots import plot_interpolation, plot_latent_norms, plot_pairs, plot_samples
-from perturbsets.core.quality import QualityReport
+from perturbsets.reports.tables import latent_norm_table, quality_table
 
 FIGURES = "figures"
 
@@ -39,7 +39,7 @@ def write_figures(out_dir: Path, pset: PerturbationSet, data: PairedData, seed: 
     batch = next(data.batches(8, shuffle=False, seed=seed, device=device))
     gen = torch.Generator(device=device).manual_seed(seed)
     noise = torch.randn((batch.x.shape[0], *pset.latent_shape), generator=gen, device=device)
-    recon = pset.cvae(batch.x, batch.x_tilde, noise=noise).reconstruction
+    recon = pset.condition(batch.x).reconstruct(batch.x_tilde, noise)
     figures = {
         "pairs": plot_pairs(batch.x, batch.x_tilde, recon, fig_dir / "pairs.png", title="test pairs and CVAE reconstructions"),
         "samples": plot_samples(
@@ -60,13 +60,16 @@ def write_figures(out_dir: Path, pset: PerturbationSet, data: PairedData, seed: 
 def write_report(
     out_dir: str | Path,
     pset: PerturbationSet,
-    report: QualityReport,
+    metrics: dict[str, Any],
     test: PairedData,
     config: Config,
     norms: np.ndarray | None,
     history: list[dict[str, Any]] | None,
 ) -> Path:
-    """Write ``figures/*.png`` and ``report.md`` into ``out_dir``; returns the report path."""
+    """Write ``figures/*.png`` and ``report.md`` into ``out_dir``; returns the report path.
+
+    ``metrics`` is the set's saved quality record (``metrics.json``).
+    """
     out_dir = Path(out_dir)
     figures = write_figures(out_dir, pset, test, config.seed, norms, (25, 50, 75))
     lines = [
@@ -77,18 +80,13 @@ def write_report(
         "",
         "## Quality (paper Appendix B, layout of Table 4)",
         "",
-        report.to_markdown(config.model.architecture),
+        quality_table(metrics, config.model.architecture),
     ]
-    if report.latent_norms is not None:
-        s = report.latent_norms
-        pct = " | ".join(f"{v:.3g}" for v in s.percentiles.values())
+    if metrics["latent_norms"] is not None:
         lines += [
             "## Validation latent norms ‖(μ(x,x̃) − μ(x))/σ(x)‖₂ (layout of Table 8)",
             "",
-            "| mean | std | " + " | ".join(s.percentiles) + " | max |",
-            "|" + "---|" * (len(s.percentiles) + 3),
-            f"| {s.mean:.3g} | {s.std:.3g} | {pct} | {s.max:.3g} |",
-            "",
+            latent_norm_table(metrics["latent_norms"]),
         ]
     if history:
         last = history[-1]

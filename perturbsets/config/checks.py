@@ -1,0 +1,28 @@
+"""The value checks that config sections share, each raising :class:`ConfigError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perturbsets.config.io import ConfigError
+from perturbsets.core.radius import RadiusSpec
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_radius_spec(spec: float | str, name: str) -> None:
+    try:
+        RadiusSpec.parse(spec)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def check_loop(t: Any) -> None:
+    """Checks shared by the CVAE and the robust training sections."""
+    require(t.epochs >= 1, "epochs must be >= 1")
+    require(t.batch_size >= 1, "batch_size must be >= 1")
+    require(t.weight_decay >= 0, "weight_decay must be >= 0")
+    require(t.select in ("best", "latest"), f"select must be 'best' or 'latest', got {t.select!r}")
