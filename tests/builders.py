@@ -7,13 +7,18 @@ common ones as fixtures.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from perturbsets.config.io import from_dict
+from perturbsets.config.robust import RobustConfig
 from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.core.radius import LatentNormStats
 from perturbsets.cvae.model import CVAE
 from perturbsets.cvae.registry import build_cvae
+from perturbsets.pairs.paired import PairedData
 
 TINY_SHAPE = (1, 8, 8)
 TINY_OPTIONS = {"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4}
@@ -79,3 +84,46 @@ def labelled_images(n: int = 96, seed: int = 0, size: int = 8, classes: int = 3)
     images = (0.2 + 0.3 * y.view(-1, 1, 1, 1).float() + 0.1 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
     perturbed = (images + 0.05 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
     return images, perturbed, y
+
+
+def labelled_pairs(n: int = 96, seed: int = 0) -> PairedData:
+    """Labelled pairs (x, x̃, y) of 1×8×8 images in [0, 1], three learnable classes."""
+    images, perturbed, y = labelled_images(n, seed)
+    return PairedData.from_tensors(images, perturbed, y)
+
+
+def robust_config(set_dir, mode: str = "standard", **evaluation) -> RobustConfig:
+    """A two-epoch robust run of a small digits CNN on :func:`labelled_pairs` inside the set at ``set_dir``."""
+    return from_dict(
+        RobustConfig,
+        {
+            "name": mode,
+            "seed": 5,
+            "perturbation_set": str(set_dir),
+            "data": {"source": "npz", "path": "unused", "perturbation": None, "split": {"train": 64, "val": 16, "test": 16}},
+            "model": {"architecture": "digits_cnn", "options": {"image_size": 8, "width": 16, "num_classes": 3}},
+            "training": {
+                "mode": mode,
+                "epochs": 2,
+                "batch_size": 16,
+                "lr": {"epochs": [0, 2], "values": [3e-3, 0.0]},
+                "device": "cpu",
+                "attack": {"steps": 2},
+                "sigma": 0.5,
+            },
+            "evaluation": {"radii": ["p50", "max"], "attack": {"steps": 3, "step_divisor": 3}, **evaluation},
+        },
+    )
+
+
+def save_robust_set(directory: Path) -> Path:
+    """A saved 1×8×8 ``mnist_fc`` set of radius 2 with stored percentiles p50 = 1 and p75 = 1.5."""
+    torch.manual_seed(0)
+    pset = PerturbationSet(
+        build_cvae("mnist_fc", input_shape=(1, 8, 8), hidden=16, latent_dim=4),
+        2.0,
+        architecture="mnist_fc",
+        options={"input_shape": [1, 8, 8], "hidden": 16, "latent_dim": 4},
+        latent_norms=LatentNormStats(count=4, mean=1.0, std=0.5, min=0.1, max=2.0, percentiles={"p50": 1.0, "p75": 1.5}),
+    )
+    return pset.save(directory)
