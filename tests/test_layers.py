@@ -117,3 +117,18 @@ def test_no_import_cycle_between_modules():
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+# A module or class past these sizes holds more than one job; split it along its sections.
+MAX_MODULE_LINES = 460
+MAX_CLASS_LINES = 320
+
+
+@pytest.mark.parametrize("module,path", _modules(), ids=[m for m, _ in _modules()])
+def test_modules_and_classes_stay_small(module, path):
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{path} has {len(source.splitlines())} lines"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            size = node.end_lineno - node.lineno + 1
+            assert size <= MAX_CLASS_LINES, f"{path}: class {node.name} has {size} lines"
