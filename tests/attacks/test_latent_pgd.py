@@ -183,3 +183,18 @@ def test_segmentation_pixel_fraction_controls_success():
     assert torch.all(loss_all >= loss_any - 1e-6)
     with pytest.raises(ValueError, match="labels of shape"):
         LatentPGD(PixelModel(), pset, steps=1)(x, torch.zeros(4, dtype=torch.long))
+
+
+def test_an_empty_batch_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="empty batch"):
+        LatentPGD(TanhClassifier(4), linear_set(), steps=2)(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long))
+
+
+def test_attack_runs_on_the_chosen_device(device):
+    pset = linear_set().to(device)
+    model = TanhClassifier(4).to(device)
+    x = torch.rand(4, 1, 2, 2).to(device)
+    y = torch.tensor([0, 1, 2, 0], device=device)
+    x_adv, u = LatentPGD(model, pset, steps=5)(x, y)
+    assert x_adv.device.type == device.type and bool((latent_norm(u) <= pset.radius * (1 + 1e-6)).all())
+    torch.testing.assert_close(x_adv, pset.perturb(x, u))

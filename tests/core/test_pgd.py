@@ -152,3 +152,11 @@ def test_bad_arguments(kwargs, match):
     steps = args.pop("steps")
     with pytest.raises(ValueError, match=match):
         projected_ascent(lambda u, idx: (u.sum(1), torch.zeros(u.shape[0], dtype=torch.bool)), torch.zeros(1, 2), 1.0, steps, 0.1, **args)
+
+
+def test_an_empty_batch_returns_empty_results(device):
+    result = projected_ascent(
+        lambda u, idx: (u.sum(1), torch.zeros(u.shape[0], dtype=torch.bool, device=device)),
+        torch.zeros(0, 3, device=device), 1.0, 5, 0.1,
+    )
+    assert result.u.shape == (0, 3) and result.value.shape == (0,) and result.success.shape == (0,)

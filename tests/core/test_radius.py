@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from perturbsets.cvae.registry import build_cvae
-from perturbsets.core.radius import LatentNormStats, latent_norms, norm_statistics, select_radius
+from perturbsets.core.radius import LatentNormStats, RadiusSpec, latent_norms, norm_statistics, select_radius
 
 
 
@@ -151,3 +151,34 @@ def test_max_radius_covers_every_validation_encoding():
     p50 = select_radius(latent_norms(cvae, batches), "p50")
     inside = sum(n <= p50 for n in slow)
     assert 5 <= inside <= 6
+
+
+# ---------------------------------------------------------------------------- RadiusSpec
+
+
+@pytest.mark.parametrize("spec,kind,text", [(2.5, "value", "2.5"), (3, "value", "3"), ("max", "max", "max"), ("p75", "percentile", "p75"), ("p99.9", "percentile", "p99.9")])
+def test_radius_spec_parses_and_prints_back(spec, kind, text):
+    parsed = RadiusSpec.parse(spec)
+    assert parsed.kind == kind and str(parsed) == text
+    assert kind == "value" or RadiusSpec.parse(str(parsed)) == parsed
+    assert RadiusSpec.parse(parsed) is parsed
+
+
+def test_radius_spec_select_matches_numpy_and_resolve_reads_the_stored_statistics():
+    norms = np.array([0.5, 1.0, 2.0, 4.0])
+    assert RadiusSpec.parse("max").select(norms) == 4.0
+    assert RadiusSpec.parse("p50").select(norms) == pytest.approx(np.percentile(norms, 50))
+    stats = norm_statistics(norms)
+    assert RadiusSpec.parse("p75").resolve(9.0, stats) == pytest.approx(np.percentile(norms, 75))
+    assert RadiusSpec.parse("max").resolve(9.0, stats) == 9.0
+    assert RadiusSpec.parse(1.5).resolve(9.0, None) == 1.5
+    with pytest.raises(ValueError, match="stores no such percentile"):
+        RadiusSpec.parse("p10").resolve(9.0, stats)
+    with pytest.raises(ValueError, match="stores no such percentile.*none"):
+        RadiusSpec.parse("p50").resolve(9.0, None)
+
+
+@pytest.mark.parametrize("spec,match", [(None, "unknown radius rule"), ("huge", "unknown radius rule"), (-1, "finite number > 0"), ([1], "unknown radius rule"), ("p0", "percentile rule")])
+def test_radius_spec_bad_input(spec, match):
+    with pytest.raises(ValueError, match=match):
+        RadiusSpec.parse(spec)
