@@ -21,3 +21,22 @@ def algorithm_1_loop(model, pset, x, y, eps, steps, alpha):
                     delta = eps * delta / delta.norm()
         out.append(delta.detach()[0])
     return torch.stack(out)
+
+
+def projected_ascent_loop(objective, u, radius, steps, step_size, early_stop):
+    """Projected normalised-gradient ascent one example at a time: until the end or the first success, last iterate."""
+    out = []
+    for i in range(u.shape[0]):
+        v = u[i : i + 1].clone()
+        for _ in range(steps):
+            v.requires_grad_(True)
+            value, success = objective(v, torch.tensor([i]))
+            if early_stop and bool(success[0]):
+                break
+            (g,) = torch.autograd.grad(value.sum(), v)
+            with torch.no_grad():
+                v = v + step_size * g / g.norm()
+                if v.norm() > radius:
+                    v = v * radius / v.norm()
+        out.append(v.detach()[0])
+    return torch.stack(out)

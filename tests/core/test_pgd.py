@@ -7,6 +7,8 @@ import torch
 
 from perturbsets.core.pgd import projected_ascent
 
+from oracles import projected_ascent_loop
+
 
 def latent_pgd(fn, u, radius, steps, step_size, maximize):
     """The quality metrics' use: best value over the iterates, minimising by negation."""
@@ -72,25 +74,6 @@ def test_latent_pgd_does_not_modify_input():
 
 
 
-def _plain_loop(objective, u, radius, steps, step_size, early_stop):
-    """One example at a time: step until the end (or the first success), keep the last iterate."""
-    out = []
-    for i in range(u.shape[0]):
-        v = u[i : i + 1].clone()
-        for _ in range(steps):
-            v.requires_grad_(True)
-            value, success = objective(v, torch.tensor([i]))
-            if early_stop and bool(success[0]):
-                break
-            (g,) = torch.autograd.grad(value.sum(), v)
-            with torch.no_grad():
-                v = v + step_size * g / g.norm()
-                if v.norm() > radius:
-                    v = v * radius / v.norm()
-        out.append(v.detach()[0])
-    return torch.stack(out)
-
-
 def _linear_objective(c, threshold):
     """value = ⟨u, c_i⟩; success once the value passes the example's threshold."""
     def objective(u, idx):
@@ -107,7 +90,7 @@ def test_final_selection_matches_a_per_example_loop(early_stop):
     start = torch.zeros(7, 4, dtype=torch.float64)
     objective = _linear_objective(c, threshold)
     result = projected_ascent(objective, start, 1.0, 6, 0.15, select="final", early_stop=early_stop, evaluate_final=False)
-    expected = _plain_loop(objective, start, 1.0, 6, 0.15, early_stop)
+    expected = projected_ascent_loop(objective, start, 1.0, 6, 0.15, early_stop)
     torch.testing.assert_close(result.u, expected)
     if early_stop:
         assert torch.equal(result.u[0], torch.zeros(4, dtype=torch.float64))  # succeeded at the start: never moved
