@@ -43,7 +43,9 @@ def _robust_train(args: argparse.Namespace) -> int:
 def _robust_eval(args: argparse.Namespace) -> int:
     from perturbsets.workflows.robust import robust_evaluate_from_file
 
-    robust_evaluate_from_file(args.config, args.run, args.out, progress=not args.quiet)
+    robust_evaluate_from_file(
+        args.config, args.run, args.out, progress=not args.quiet, shard=args.shard, merge_shards=args.merge_shards
+    )
     return 0
 
 
@@ -131,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     reval.add_argument("--run", required=True, help="folder of a robust-train run (its best checkpoint is evaluated)")
     reval.add_argument("--out", required=True, help="folder for robust_metrics.json, robust_table.md, certify.tsv, figures")
     reval.add_argument("--quiet", action="store_true")
+    shards = reval.add_mutually_exclusive_group()
+    shards.add_argument("--shard", metavar="I/K", help="certify only shard I of K of the test inputs (run 0/K … K-1/K anywhere)")
+    shards.add_argument(
+        "--merge-shards", metavar="K", type=int, help="merge the certificates of shards 0/K … K-1/K in --out, then evaluate"
+    )
     reval.set_defaults(func=_robust_eval)
 
     data = sub.add_parser("data", help="data tools: CIFAR-10-C corruptions, Multi-Illumination arrays, tiny dataset copies")

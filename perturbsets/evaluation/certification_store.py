@@ -7,13 +7,20 @@ the settings its certificates depend on and refuses to resume with different one
 formats: :class:`ExampleTableStore`, one TSV row per classified input, and
 :class:`PixelMapStore`, one ``.npz`` of per-pixel maps per segmented image (Appendix F.3,
 Figure 17).
+
+Certification can be split into shards run anywhere (``Shard(i, k)`` takes every k-th
+input from the i-th): each shard writes its own store, and :func:`merge_shards` combines
+the k stores into the one an unsharded run would have written, row for row, refusing
+shards of different runs or settings and naming any missing one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,37 @@ from perturbsets.training.robust import require_labels
 
 CERT_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 CERT_DTYPE = [("idx", int), ("label", int), ("predict", int), ("radius", float), ("correct", int), ("time", float)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the inputs at positions index, index + count, … of the certified ones."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and isinstance(self.index, int) and 0 <= self.index < self.count):
+            raise ValueError(f"a shard is i/k with 0 <= i < k, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"i/k"`` → Shard(i, k); e.g. ``--shard 0/4`` … ``--shard 3/4`` cover every input once."""
+        try:
+            index, count = (int(part) for part in str(text).split("/"))
+        except ValueError:
+            raise ValueError(f"a shard is written i/k (e.g. 0/4), got {text!r}") from None
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def takes(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    def location(self, base: Path) -> Path:
+        """Where this shard's store lives beside the unsharded one: ``certify.tsv`` → ``certify.shard-0-of-4.tsv``."""
+        return base.with_name(f"{base.stem}.shard-{self.index}-of-{self.count}{base.suffix}")
 
 
 def certificate_fingerprint(model: nn.Module, pset: PerturbationSet, config: RobustConfig, sigma: float) -> dict[str, Any]:
@@ -107,6 +145,11 @@ class CertificateStore(ABC):
         """(radius, correct) of the certified outputs; ``indices`` are the inputs this run asked for."""
 
 
+    @abstractmethod
+    def absorb(self, other: "CertificateStore") -> None:
+        """Take over the certificates of ``other`` (a shard of the same settings) that this store lacks."""
+
+
 class ExampleTableStore(CertificateStore):
     """One TSV row per input (:data:`CERT_COLUMNS`), appended once per batch; settings in ``<name>.json``.
 
@@ -160,6 +203,14 @@ class ExampleTableStore(CertificateStore):
         table = read_certificates(self.location)
         return table["radius"], table["correct"] == 1
 
+    def absorb(self, other: CertificateStore) -> None:
+        rows = read_certificates(self.location)
+        rows = np.concatenate([rows, read_certificates(other.location)])
+        _, first = np.unique(rows["idx"], return_index=True)
+        rows = rows[first]  # sorted by input index, one row per input
+        lines = [f"{r['idx']}\t{r['label']}\t{r['predict']}\t{r['radius']:.6g}\t{r['correct']}\t{r['time']:.4g}\n" for r in rows]
+        write_text(self.location, "\t".join(CERT_COLUMNS) + "\n" + "".join(lines))
+
 
 class PixelMapStore(CertificateStore):
     """One ``<idx>.npz`` per image in a folder, written as soon as it is computed; settings in ``fingerprint.json``.
@@ -194,6 +245,13 @@ class PixelMapStore(CertificateStore):
                 radius=certificate.radius[0].numpy().astype(np.float32),
                 label=label.cpu().numpy().astype(np.int16),
             )
+
+    def absorb(self, other: CertificateStore) -> None:
+        assert isinstance(other, PixelMapStore)
+        for source in sorted(other.location.glob("[0-9]*.npz")):
+            if not (self.location / source.name).is_file():
+                with atomic_path(self.location / source.name) as tmp:
+                    shutil.copyfile(source, tmp)
 
     def results(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         radii, correct = [], []
@@ -230,22 +288,29 @@ def certify_to_store(
     sigma: float,
     store: CertificateStore,
     num_classes: int,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CERTIFY the first ``certify.max_examples`` test inputs of ``data`` in order, skipping those in ``store``.
 
-    Returns (radius, correct) from :meth:`CertificateStore.results`, where ``correct``
-    means certified and equal to the label.
+    With ``shard``, only that shard's inputs (its fingerprint records the shard). Returns
+    (radius, correct) from :meth:`CertificateStore.results`, where ``correct`` means
+    certified and equal to the label.
     """
     cc = config.evaluation.certify
     assert cc is not None
     smoothed = SmoothedClassifier(model, pset, sigma, num_classes)
-    store.open(certificate_fingerprint(model, pset, config, sigma))
+    fingerprint = certificate_fingerprint(model, pset, config, sigma)
+    store.open(fingerprint if shard is None else {**fingerprint, "shard": str(shard)})
     limit = cc.max_examples if cc.max_examples is not None else len(data)
+    position = 0
     asked: list[int] = []
     for batch in data.batches(config.evaluation.batch_size, shuffle=False, seed=config.seed, device=pset.device):
         y = require_labels(batch)
         assert batch.index is not None
-        for i, idx in enumerate(batch.index.tolist()[: limit - len(asked)]):
+        for i, idx in enumerate(batch.index.tolist()[: limit - position]):
+            position += 1
+            if shard is not None and not shard.takes(position - 1):
+                continue
             asked.append(idx)
             if store.has(idx):
                 continue
@@ -253,9 +318,40 @@ def certify_to_store(
             certificate = certify_one(smoothed, batch.x[i : i + 1], idx, config)
             store.add(idx, y[i], certificate, time.perf_counter() - began)
         store.flush()
-        if len(asked) >= limit:
+        if position >= limit:
             break
     return store.results(asked)
+
+
+def merge_shards(target: CertificateStore, shards: list[CertificateStore]) -> None:
+    """Combine the stores of shards 0/k … k−1/k into ``target``, the store an unsharded run would write.
+
+    Refuses shards whose settings differ (naming the setting) or that belong to another
+    split, and names missing shards. ``target`` may already hold certificates of the same
+    settings (they are kept); re-running the unsharded evaluation afterwards then only
+    reads them.
+    """
+    missing = [str(s.location) for s in shards if not s.exists()]
+    if missing:
+        raise FileNotFoundError(f"shard stores missing: {', '.join(missing)}; run those shards first (--shard i/k)")
+    stamps = [json.loads(s.stamp.read_text()) if s.stamp.is_file() else {} for s in shards]
+    expected = [f"{i}/{len(shards)}" for i in range(len(shards))]
+    for store, stamp, want in zip(shards, stamps, expected):
+        if stamp.get("shard") != want:
+            raise ValueError(f"{store.location} holds shard {stamp.get('shard')!r}, expected {want}: merge the shards of one split")
+    settings = [{k: v for k, v in stamp.items() if k != "shard"} for stamp in stamps]
+    for store, other in zip(shards[1:], settings[1:]):
+        differ = sorted(k for k in set(settings[0]) | set(other) if settings[0].get(k) != other.get(k))
+        if differ:
+            raise ValueError(
+                f"{store.location} was certified with other settings than {shards[0].location} "
+                f"(differing: {', '.join(differ)}); shards of different runs cannot be merged"
+            )
+    target.open(settings[0])
+    for store in shards:
+        store.recover()
+        target.absorb(store)
+    target.recover()
 
 
 def certify_one(smoothed: SmoothedClassifier, x: Tensor, idx: int, config: RobustConfig) -> Any:

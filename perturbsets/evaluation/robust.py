@@ -24,7 +24,14 @@ from perturbsets.certify.statistics import certified_accuracy
 from perturbsets.classifiers.scoring import Scorer
 from perturbsets.config.robust import AttackConfig, RobustConfig
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.evaluation.certification_store import ExampleTableStore, PixelMapStore, certify_to_store
+from perturbsets.evaluation.certification_store import (
+    CertificateStore,
+    ExampleTableStore,
+    PixelMapStore,
+    Shard,
+    certify_to_store,
+    merge_shards,
+)
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.paired import PairedData
 from perturbsets.training.loop import resolve_device
@@ -235,8 +242,7 @@ def robust_evaluate(
             sigma = certify_sigma(config)
             with torch.no_grad():
                 logits = model(first_input(test, device))
-            segmentation = logits.dim() == 4
-            store = PixelMapStore(out_dir / "certify") if segmentation else ExampleTableStore(out_dir / "certify.tsv")
+            store = certificate_store(out_dir, segmentation=logits.dim() == 4)
             radius, correct = certify_to_store(model, pset, test, config, sigma, store, logits.shape[1])
             counts[store.count_key] = int(radius.size)
             accs = certified_accuracy(radius, correct, list(radii.values()))
@@ -254,6 +260,43 @@ def robust_evaluate(
     )  # fmt: skip
     write_json(out_dir / "robust_metrics.json", report.to_dict())
     return RobustEvaluation(report, certificates)
+
+
+def certificate_store(out_dir: Path, *, segmentation: bool, shard: Shard | None = None) -> CertificateStore:
+    """``certify.tsv`` (classification) or ``certify/`` (segmentation) in ``out_dir``, or a shard's own store beside it."""
+    base = out_dir / ("certify" if segmentation else "certify.tsv")
+    location = base if shard is None else shard.location(base)
+    return PixelMapStore(location) if segmentation else ExampleTableStore(location)
+
+
+def certify_shard(
+    config: RobustConfig, model: nn.Module, pset: PerturbationSet, test: Any, out_dir: str | Path, shard: Shard
+) -> int:
+    """Certify only ``shard``'s test inputs into its own store in ``out_dir``; returns how many outputs it holds.
+
+    Run shards 0/k … k−1/k anywhere (same config, model and set), copy their stores into one
+    folder, then :func:`merge_certificate_shards` and evaluate as usual: the merged
+    certificates equal an unsharded run's, because each input's noise depends on
+    (seed, input index) alone.
+    """
+    if config.evaluation.certify is None:
+        raise ValueError("--shard splits certification, but the config has no evaluation.certify section")
+    device = resolve_device(config.training.device)
+    with torch.no_grad():
+        logits = model(first_input(test, device))
+    store = certificate_store(Path(out_dir), segmentation=logits.dim() == 4, shard=shard)
+    radius, _ = certify_to_store(model, pset, test, config, certify_sigma(config), store, logits.shape[1], shard)
+    return int(radius.size)
+
+
+def merge_certificate_shards(out_dir: str | Path, count: int) -> Path:
+    """Merge the stores of shards 0/count … count−1/count in ``out_dir`` into the unsharded store; returns its path."""
+    out_dir = Path(out_dir)
+    shards = [Shard(i, count) for i in range(count)]
+    segmentation = shards[0].location(out_dir / "certify").is_dir()
+    target = certificate_store(out_dir, segmentation=segmentation)
+    merge_shards(target, [certificate_store(out_dir, segmentation=segmentation, shard=s) for s in shards])
+    return target.location
 
 
 @dataclass

@@ -19,7 +19,15 @@ from perturbsets._util.io import write_text
 from perturbsets.certify.statistics import certified_accuracy_curve
 from perturbsets.config.io import load_config
 from perturbsets.config.robust import RobustConfig
-from perturbsets.evaluation.robust import RobustReport, adversarial_maps, image_batches, robust_evaluate
+from perturbsets.evaluation.certification_store import Shard
+from perturbsets.evaluation.robust import (
+    RobustReport,
+    adversarial_maps,
+    certify_shard,
+    image_batches,
+    merge_certificate_shards,
+    robust_evaluate,
+)
 from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.plots import plot_curve, plot_segmentation
 from perturbsets.reports.tables import robust_table
@@ -45,11 +53,17 @@ def run_robust_evaluation(
     name: str | None = None,
     data: PairedData | None = None,
     progress: bool = True,
-) -> RobustReport:
+    shard: Shard | None = None,
+    merge_shards: int | None = None,
+) -> RobustReport | None:
     """Evaluate a robust-training run's model (``model``, else the checkpoint ``training.select`` picks) into ``out_dir``.
 
     The test pairs are ``evaluation.test`` when set, else the test split of the run's data
     (``data``: pairs in memory instead); OOD pairs are ``evaluation.ood``.
+
+    ``shard`` certifies only that shard of the test inputs (nothing else is evaluated and
+    ``None`` is returned); ``merge_shards=k`` first merges the stores of shards 0/k … k−1/k
+    found in ``out_dir``, then evaluates as usual, reading the merged certificates.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device(config.training.device)
@@ -60,6 +74,13 @@ def run_robust_evaluation(
     pset = load_set(config, device)
     ev = config.evaluation
     test = load_test(ev.test, config.seed) if ev.test is not None else load_splits(config.data, config.seed, data).test
+    if shard is not None:
+        if pset is None:
+            raise ValueError("--shard splits certification, which needs a perturbation set (standard runs have none)")
+        certify_shard(config, model, pset, test, out_dir, shard)
+        return None
+    if merge_shards is not None:
+        merge_certificate_shards(out_dir, merge_shards)
     ood = load_test(ev.ood, config.seed) if ev.ood is not None else None
     result = robust_evaluate(config, model, pset, test, out_dir, ood=ood, name=name)
     report = result.report
@@ -96,10 +117,24 @@ def robust_train_from_file(config_path: str | Path, out_dir: str | Path, *, resu
         print(f"results in {eval_dir} ({report.counts['test']} test examples)")
 
 
-def robust_evaluate_from_file(config_path: str | Path, run_dir: str | Path, out_dir: str | Path, *, progress: bool) -> None:
-    """``perturbsets robust-eval``: evaluate the saved model of a robust-training run."""
+def robust_evaluate_from_file(
+    config_path: str | Path,
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool,
+    shard: str | None = None,
+    merge_shards: int | None = None,
+) -> None:
+    """``perturbsets robust-eval``: evaluate the saved model of a robust-training run (or one certification shard)."""
     config = load_config(config_path, RobustConfig)
-    run_robust_evaluation(config, run_dir, out_dir, progress=progress)
+    part = Shard.parse(shard) if shard is not None else None
+    if part is None and merge_shards is not None and merge_shards < 1:
+        raise ValueError(f"--merge-shards takes the number of shards k >= 1, got {merge_shards}")
+    run_robust_evaluation(config, run_dir, out_dir, progress=progress, shard=part, merge_shards=merge_shards)
+    if part is not None:
+        print(f"certified shard {part} into {out_dir}; merge with --merge-shards {part.count} once every shard is there")
+        return
     print(Path(out_dir, "robust_table.md").read_text())
     print(f"results in {out_dir}")
 

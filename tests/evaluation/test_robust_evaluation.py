@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from perturbsets._util.seeding import derive_seed
-from perturbsets.evaluation.certification_store import ExampleTableStore, read_certificates
-from perturbsets.evaluation.robust import RobustReport, pgd_scores
+from perturbsets.evaluation.certification_store import ExampleTableStore, Shard, read_certificates
+from perturbsets.evaluation.robust import RobustReport, merge_certificate_shards, pgd_scores
 from perturbsets.reports.tables import robust_table
 from perturbsets import PerturbationSet
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
@@ -146,3 +146,41 @@ def test_pgd_scores_count_an_example_broken_at_a_smaller_radius_as_broken_at_eve
         robust = torch.stack([survive[q] for q in radii if q <= r]).all(0)
         assert scorer.examples == 48 and scorer.accuracy == pytest.approx(robust.float().mean().item())
     assert scorers[1].accuracy >= scorers[2].accuracy >= scorers[0].accuracy
+
+
+def test_sharded_certification_merges_into_the_unsharded_table_row_for_row(set_dir, tmp_path):
+    cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 40, "alpha": 0.05, "batch_size": 64, "max_examples": 7})
+    data = labelled_pairs()
+    run_robust_training(cfg, tmp_path / "run", data=data, progress=False)
+    whole = run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "whole", data=data, progress=False)
+    for i in (2, 0, 1):  # any order, any machine
+        assert run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "sharded", data=data, progress=False, shard=Shard(i, 3)) is None
+    assert not (tmp_path / "sharded" / "robust_metrics.json").exists()
+    merged = run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "sharded", data=data, progress=False, merge_shards=3)
+    a = read_certificates(tmp_path / "whole" / "certify.tsv")
+    b = read_certificates(tmp_path / "sharded" / "certify.tsv")
+    assert len(a) == len(b) == 7
+    for col in ("idx", "label", "predict", "radius", "correct"):
+        np.testing.assert_array_equal(a[col], b[col])
+    assert merged.certified == whole.certified and merged.clean == whole.clean
+
+
+def test_merging_refuses_missing_shards_and_shards_of_other_settings(set_dir, tmp_path):
+    cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 30, "alpha": 0.05, "batch_size": 64, "max_examples": 4})
+    data = labelled_pairs()
+    run_robust_training(cfg, tmp_path / "run", data=data, progress=False)
+    out = tmp_path / "sharded"
+    run_robust_evaluation(cfg, tmp_path / "run", out, data=data, progress=False, shard=Shard(0, 2))
+    with pytest.raises(FileNotFoundError, match=r"certify\.shard-1-of-2\.tsv"):
+        merge_certificate_shards(out, 2)
+    cfg.evaluation.certify.n = 31
+    run_robust_evaluation(cfg, tmp_path / "run", out, data=data, progress=False, shard=Shard(1, 2))
+    with pytest.raises(ValueError, match=r"differing: n\)"):
+        merge_certificate_shards(out, 2)
+
+
+@pytest.mark.parametrize("text,match", [("3/3", "0 <= i < k"), ("1-4", "written i/k"), ("a/b", "written i/k")])
+def test_shard_parsing(text, match):
+    with pytest.raises(ValueError, match=match):
+        Shard.parse(text)
+    assert Shard.parse("1/4").takes(5) and not Shard.parse("1/4").takes(4)
