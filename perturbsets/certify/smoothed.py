@@ -13,6 +13,14 @@ and everything is then done per pixel (Appendix F.3). Abstentions are :data:`ABS
 with radius 0 — never a real class or a negative radius (unlike the authors' segmentation
 code). Counting is vectorised and streamed in chunks on the model's device; the binomial
 test and confidence bounds (:mod:`perturbsets.certify.statistics`) run on whole arrays.
+
+Noise draws (since 0.x, issue 12): u = σ·ε with ε float32 standard normals from
+``torch.randn``, drawn in fixed blocks of :data:`NOISE_BLOCK` input-major (input, draw)
+pairs, so chunking never changes them. Earlier versions drew u = σ·Φ⁻¹(U) from float64
+uniforms (three times slower); the same seed therefore gives different draws, and certified
+figures differ from those versions' within the Monte-Carlo error (the statistical guarantee
+is unchanged). The prior p(z | x) and σ(x) are computed once per call and broadcast over
+each input's draws.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets._util.checks import positive_int
 
 ABSTAIN = -1
+NOISE_BLOCK = 1024
 CORRECTIONS: tuple[str, ...] = ("none", "bonferroni", "holm")
 
 
@@ -126,12 +135,14 @@ class SmoothedClassifier:
         """SAMPLEUNDERNOISE of Algorithm 2 for every input of x: vote counts, int64.
 
         x: (N, C, H, W). Returns (N, K) or (N, K, H', W') on the perturbation set's device;
-        each input's counts sum to n (per pixel). The N·n (input, draw) pairs are processed
-        ``batch_size`` at a time, so memory does not grow with n.
+        each input's counts sum to n (per pixel). At most ``batch_size`` draws are decoded
+        and classified at a time, so memory does not grow with n.
 
-        Noise is drawn as u = Φ⁻¹(U) from float64 uniforms, which torch's CPU generator
-        produces one after another whatever the chunk size: on CPU, for a given generator
-        state, the counts do not depend on ``batch_size``.
+        Noise: the N·n (input, draw) pairs are ordered input-major and their latent noise
+        u = σ·ε, ε ~ N(0, I) float32, is drawn in consecutive blocks of :data:`NOISE_BLOCK`
+        pairs (``torch.randn(rows, latent_dim)``, the last block shorter), whatever the
+        chunking. So for a given generator state the counts do not depend on
+        ``batch_size`` (on the CPU; on CUDA up to non-deterministic kernels).
         """
         return self._counts(x, positive_int(n, "n"), positive_int(batch_size, "batch_size"), generator)
 
@@ -140,33 +151,29 @@ class SmoothedClassifier:
         pset.check_input(x)
         device = pset.device
         x = x.to(device)
-        total = x.shape[0] * n
+        count = x.shape[0]
         counts: Tensor | None = None
+        noise = _NoiseStream(count * n, pset.latent_dim, self.sigma, generator, device)
         with torch.no_grad(), eval_mode(self.model):
-            # The prior depends only on x: computed once, then gathered per chunk.
-            cond = pset.condition(x)
-            for start in range(0, total, batch_size):
-                pair = torch.arange(start, min(start + batch_size, total), device=device)
-                owner = torch.div(pair, n, rounding_mode="floor")
-                u = self._noise(pair.numel(), generator, device).to(cond.prior.mean.dtype)
-                votes = self._votes(self.model(cond.select(owner).decode(u)), pair.numel())
+            # The prior depends only on x: computed once, σ(x) included, then broadcast over draws.
+            prior = pset.condition(x).prior
+            mean, std = prior.mean.flatten(1), prior.std.flatten(1)
+            for first, inputs, draws in _chunks(count, n, batch_size):
+                rows = inputs * draws
+                u = noise.take(rows).to(mean.dtype).view(inputs, draws, -1)
+                span = slice(first, first + inputs)
+                z = torch.addcmul(mean[span].unsqueeze(1), u, std[span].unsqueeze(1))
+                x_rows = x[span].unsqueeze(1).expand(inputs, draws, *x.shape[1:]).reshape(rows, *x.shape[1:])
+                logits = self.model(pset.cvae.generate(z.view(rows, *pset.latent_shape), x_rows))
+                votes = self._votes(logits, rows)
                 spatial = tuple(votes.shape[1:])
                 if counts is None:
-                    counts = torch.zeros((x.shape[0], self.num_classes, *spatial), dtype=torch.int64, device=device)
+                    counts = torch.zeros((count, self.num_classes, *spatial), dtype=torch.int64, device=device)
                 elif tuple(counts.shape[2:]) != spatial:
                     raise ValueError(f"the model's output size changed between chunks: {spatial} vs {tuple(counts.shape[2:])}")
-                # Flat index of (input, class, pixel) in the contiguous counts tensor.
-                size = math.prod(spatial)
-                pixel = torch.arange(size, device=device).view(spatial)
-                flat = (owner.view(-1, *([1] * len(spatial))) * self.num_classes + votes) * size + pixel
-                counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int64, device=device))
+                counts[span] += _tally(votes.view(inputs, draws, -1), self.num_classes).view(inputs, self.num_classes, *spatial)
         assert counts is not None  # n >= 1 and a non-empty batch give at least one chunk
         return counts
-
-    def _noise(self, count: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        uniform = torch.rand(count, self.perturbation_set.latent_dim, generator=generator, device=device, dtype=torch.float64)
-        # U = 0 has probability 2⁻⁵³ per coordinate; clamping keeps Φ⁻¹ finite.
-        return self.sigma * torch.special.ndtri(uniform.clamp_min(torch.finfo(torch.float64).tiny))
 
     def _votes(self, logits: Tensor, batch: int) -> Tensor:
         if not isinstance(logits, Tensor):
@@ -181,7 +188,9 @@ class SmoothedClassifier:
                 f"the model returned logits of shape {tuple(logits.shape)} for {batch} inputs; expected "
                 f"({batch}, {self.num_classes}, ...) with num_classes={self.num_classes} on dimension 1"
             )
-        return logits.argmax(dim=1)
+        # max(dim).indices is argmax (the first maximal index on a tie) at about half argmax's cost
+        # for (N, K, H', W') maps, whose class dimension is strided.
+        return logits.max(dim=1).indices
 
     # ------------------------------------------------------------------ Algorithm 2
     def predict(
@@ -277,3 +286,55 @@ class SmoothedClassifier:
             p_value=p_value,
             correction=correction,
         )
+
+
+def _chunks(count: int, n: int, batch_size: int):
+    """(first input, number of inputs, draws per input) of each chunk, in input-major order.
+
+    A chunk holds whole inputs (all n draws of ⌊batch_size / n⌋ inputs) when n ≤
+    batch_size, else up to batch_size draws of a single input: either way the prior is
+    broadcast over the draws rather than gathered per row.
+    """
+    if n <= batch_size:
+        per = batch_size // n
+        for first in range(0, count, per):
+            yield first, min(per, count - first), n
+    else:
+        for first in range(count):
+            for start in range(0, n, batch_size):
+                yield first, 1, min(batch_size, n - start)
+
+
+def _tally(votes: Tensor, num_classes: int) -> Tensor:
+    """Votes (M, D, P) of D draws at P pixels for M inputs → counts (M, K, P) by one ``bincount``."""
+    inputs, _, pixels = votes.shape
+    offset = torch.arange(inputs, device=votes.device).view(-1, 1, 1) * (num_classes * pixels)
+    flat = votes * pixels + torch.arange(pixels, device=votes.device) + offset
+    return torch.bincount(flat.view(-1), minlength=inputs * num_classes * pixels).view(inputs, num_classes, pixels)
+
+
+class _NoiseStream:
+    """σ·N(0, I) float32 rows for the input-major pairs, drawn :data:`NOISE_BLOCK` pairs at a time.
+
+    Fixed-size blocks make the draws independent of how the caller slices them.
+    """
+
+    def __init__(self, total: int, dim: int, sigma: float, generator: torch.Generator | None, device: torch.device) -> None:
+        self.total, self.dim, self.sigma = total, dim, sigma
+        self.generator, self.device = generator, device
+        self.drawn = self.pos = 0
+        self.block = torch.empty(0, dim, device=device)
+
+    def take(self, rows: int) -> Tensor:
+        parts = []
+        while rows > 0:
+            if self.pos == self.block.shape[0]:
+                size = min(NOISE_BLOCK, self.total - self.drawn)
+                self.block = torch.randn(size, self.dim, generator=self.generator, device=self.device).mul_(self.sigma)
+                self.drawn += size
+                self.pos = 0
+            k = min(rows, self.block.shape[0] - self.pos)
+            parts.append(self.block[self.pos : self.pos + k])
+            self.pos += k
+            rows -= k
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

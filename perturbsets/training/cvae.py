@@ -47,6 +47,22 @@ class TrainResult:
     device: torch.device
 
 
+def make_adam(params, weight_decay: float) -> torch.optim.Adam:
+    """Adam (coupled L2 ``weight_decay``, lr set per batch by the loop) with its fused kernel.
+
+    The fused implementation updates all parameters in one kernel per dtype/device instead
+    of a Python loop over tensors: on the CPU that makes the step of the 34M-parameter
+    CIFAR CVAE several times cheaper. Same update rule; float rounding may differ from the
+    default implementation in the last bits. Falls back to ``foreach`` where fused is not
+    supported (e.g. non-float parameters or an unsupported device).
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=0.0, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=0.0, weight_decay=weight_decay, foreach=True)
+
+
 def build_model(config: Config) -> CVAE:
     torch.manual_seed(derive_seed(config.seed, 0, Stream.CVAE_INIT))
     return build_cvae(config.model.architecture, distribution=config.model.distribution, **config.model.options)
@@ -134,7 +150,7 @@ def train_cvae(
         cvae.to(memory_format=torch.channels_last)
     check_data_fits(cvae, splits.train)
     tc = config.training
-    optimizer = torch.optim.Adam(cvae.parameters(), lr=0.0, weight_decay=tc.weight_decay)
+    optimizer = make_adam(cvae.parameters(), tc.weight_decay)
 
     def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
         beta = tc.beta(t)

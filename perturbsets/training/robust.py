@@ -31,6 +31,7 @@ from perturbsets.classifiers.scoring import check_labels, per_example_error, per
 from perturbsets.config.robust import AttackConfig, RobustConfig
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.pairs.batch import DataSplits, PairBatch
+from perturbsets.training.cvae import make_adam
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
 
 
@@ -133,7 +134,7 @@ def robust_train(
             pset.resolve_radius(spec)
     model = build_classifier_model(config).to(device)
     if tc.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.0, weight_decay=tc.weight_decay)
+        optimizer: torch.optim.Optimizer = make_adam(model.parameters(), tc.weight_decay)
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=tc.momentum, weight_decay=tc.weight_decay)
     transform = InputTransform(config, model, pset)

@@ -14,7 +14,7 @@ from torch import nn
 
 from perturbsets.cvae.registry import build_cvae
 from perturbsets.core.perturbation_set import PerturbationSet
-from perturbsets.certify.smoothed import ABSTAIN, SmoothedClassifier
+from perturbsets.certify.smoothed import ABSTAIN, NOISE_BLOCK, SmoothedClassifier
 from perturbsets.certify.statistics import (
     SmoothingWarning,
     certified_accuracy,
@@ -196,10 +196,13 @@ def test_counts_match_a_one_draw_at_a_time_loop_and_do_not_depend_on_batch_size(
     whole = clf.sample_counts(x, n, 1000, torch.Generator().manual_seed(seed))
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
-    # Same noise, drawn as documented (u = σ·Φ⁻¹(U), input-major), one draw at a time
-    # through PerturbationSet.perturb.
-    uniform = torch.rand(3 * n, pset.latent_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    u = (sigma * torch.special.ndtri(uniform)).float()
+    # Same noise, drawn as documented (u = σ·ε, ε float32 N(0, I) in blocks of NOISE_BLOCK
+    # input-major pairs), one draw at a time through PerturbationSet.perturb.
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.cat([
+        sigma * torch.randn(min(NOISE_BLOCK, 3 * n - s), pset.latent_dim, generator=gen)
+        for s in range(0, 3 * n, NOISE_BLOCK)
+    ])
     slow = torch.zeros(3, 4, dtype=torch.int64)
     with torch.no_grad():
         for i in range(3):
@@ -208,6 +211,27 @@ def test_counts_match_a_one_draw_at_a_time_loop_and_do_not_depend_on_batch_size(
                 slow[i, label] += 1
     torch.testing.assert_close(chunked, slow, rtol=0, atol=0)
     assert (slow > 0).sum(1).min() >= 2  # the noise really changes the votes
+
+
+def test_noise_is_standard_normal_and_independent_of_chunking(pset, monkeypatch):
+    import perturbsets.certify.smoothed as smoothed
+
+    monkeypatch.setattr(smoothed, "NOISE_BLOCK", 64)  # several blocks, chunks straddling them
+    stream = smoothed._NoiseStream(1000, 5, 2.0, torch.Generator().manual_seed(4), torch.device("cpu"))
+    parts = [stream.take(k) for k in (1, 63, 100, 7, 829)]
+    whole = smoothed._NoiseStream(1000, 5, 2.0, torch.Generator().manual_seed(4), torch.device("cpu")).take(1000)
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+    assert whole.dtype == torch.float32
+    # KS test of ε = u / σ against the standard normal.
+    assert stats.kstest((whole / 2.0).double().flatten().numpy(), "norm").pvalue > 1e-3
+    model = HashHead()
+    clf = SmoothedClassifier(model, pset, 2.0, 4)
+    x = _inputs(3)
+    a = clf.sample_counts(x, 50, 7, torch.Generator().manual_seed(2))
+    b = clf.sample_counts(x, 50, 120, torch.Generator().manual_seed(2))
+    c = clf.sample_counts(x, 50, 1000, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
 def test_streaming_chunks_never_exceed_batch_size(pset):
