@@ -97,7 +97,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if not where or message.startswith(f"{where}."):
             raise
         # Messages that start with a field name get its dotted path: "training.epochs must…".
-        first = re.split(r"[\s:\[]", message, maxsplit=1)[0]
+        first = re.split(r"[\s:\[.]", message, maxsplit=1)[0]
         raise ConfigError(f"{where}.{message}" if first in names else f"{where}: {message}") from None
 
 
