@@ -174,3 +174,60 @@ def test_data_tools_are_grouped_under_data(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(old)
         assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------- run-folder locks and one-line errors
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The CLI's error output, after checking it is a single line of ours and not a traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"perturbsets {command}: error: "), err
+    return err
+
+
+def write_robust_files(tmp_path):
+    """A saved 1×8×8 set, labelled pairs as .npz and a robust config reading them; the config's path."""
+    import numpy as np
+
+    from builders import labelled_images, robust_config, save_robust_set
+    from perturbsets.config.io import save_config
+
+    x, x_tilde, y = labelled_images()
+    np.savez(tmp_path / "pairs.npz", x=x.numpy(), x_tilde=x_tilde.numpy(), y=y.numpy())
+    config = robust_config(save_robust_set(tmp_path / "set"))
+    config.data.path = str(tmp_path / "pairs.npz")
+    save_config(config, tmp_path / "robust.yaml")
+    return tmp_path / "robust.yaml"
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory):
+    """A trained two-epoch robust run (its config and folder)."""
+    folder = tmp_path_factory.mktemp("robust")
+    cfg = write_robust_files(folder)
+    assert main(["robust-train", str(cfg), "--out", str(folder / "run"), "--no-eval", "--quiet"]) == 0
+    return cfg, folder / "run"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "robust-train", "robust-eval", "demo", "experiments"])
+def test_a_second_writer_of_a_run_folder_fails_with_one_line(command, tmp_path, robust_run, lock_holder, capsys):
+    cfg, run = robust_run
+    out = tmp_path / "out"
+    argv = {
+        "train": ["train", str(write_config(tmp_path / "c.yaml")), "--out", str(out)],
+        "evaluate": ["evaluate", str(cfg.parent / "set"), "--config", str(write_config(tmp_path / "c.yaml")), "--out", str(out)],
+        "robust-train": ["robust-train", str(cfg), "--out", str(out)],
+        "robust-eval": ["robust-eval", str(cfg), "--run", str(run), "--out", str(out)],
+        "demo": ["demo", "--quick", "--out", str(out)],
+        "experiments": ["experiments", "run", "mnist-linf-fc", "--smoke", "--data", str(tmp_path), "--out", str(tmp_path)],
+    }[command]
+    if command == "experiments":
+        out = tmp_path / "mnist-linf-fc"
+    lock_holder.hold(out)
+    before = sorted(p.name for p in out.iterdir())
+    assert main([*argv, "--quiet"]) == 2
+    err = one_line_error(capsys, command)
+    assert f"another process is writing to the run folder {out}" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of the other run's touched
