@@ -231,3 +231,69 @@ def test_a_second_writer_of_a_run_folder_fails_with_one_line(command, tmp_path, 
     err = one_line_error(capsys, command)
     assert f"another process is writing to the run folder {out}" in err
     assert sorted(p.name for p in out.iterdir()) == before  # nothing of the other run's touched
+
+
+def test_malformed_yaml_is_one_line_naming_the_place(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ntraining:\n  epochs: [1\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"{cfg} is not valid YAML" in err and "line 4" in err and "fix the syntax" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_image_in_a_pair_folder_is_one_line_naming_the_file(damage, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("clean", "perturbed"):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        for name in ("a", "b", "c"):
+            pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pairs" / sub / f"{name}{'_1' if sub == 'perturbed' else ''}.png")
+    bad = tmp_path / "pairs" / "perturbed" / "b_1.png"
+    # A truncated file still opens (its header is whole); decoding its pixels fails.
+    bad.write_bytes(b"not an image" if damage == "garbage" else bad.read_bytes()[:400])
+    cfg = write_config(
+        tmp_path / "c.yaml", data={"source": "folder", "path": str(tmp_path / "pairs"), "perturbation": None, "split": {"train": 1, "val": 1, "test": 1}}
+    )
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"{bad} is not a readable image" in err and "replace it or remove it" in err
+
+
+def test_an_unwritable_out_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    cfg = write_config(tmp_path / "c.yaml")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "file" / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"cannot write to the run folder {tmp_path / 'file' / 'run'}" in err and "choose a folder" in err
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [({"hidden": "abc"}, "option 'hidden' of CVAE architecture 'mnist_fc' must be int, got 'abc'"),
+     ({"hidden": 1.5}, "option 'hidden' of CVAE architecture 'mnist_fc' must be int, got 1.5"),
+     ({"input_shape": [1, "28", 28]}, "option 'input_shape' of CVAE architecture 'mnist_fc' must be tuple[int, int, int]"),
+     ({"input_shape": [1, 28]}, "input_shape must be (C, H, W)")],
+)  # fmt: skip
+def test_wrongly_typed_model_options_are_one_line(options, message, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", model={"architecture": "mnist_fc", "options": options})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert message in one_line_error(capsys, "train")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "uint8"])
+def test_npz_pairs_of_other_dtypes_train_through_the_cli(dtype, tmp_path):
+    import numpy as np
+
+    images, _ = load_digits(28)
+    x = images[:112].numpy().astype(np.float64)
+    x_tilde = np.clip(x + 0.1, 0, 1)
+    if dtype == "uint8":
+        x, x_tilde = (np.round(a * 255).astype(np.uint8) for a in (x, x_tilde))
+    np.savez(tmp_path / "pairs.npz", x=x, x_tilde=x_tilde)
+    cfg = write_config(tmp_path / "c.yaml", data={"source": "npz", "path": str(tmp_path / "pairs.npz"), "perturbation": None})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
