@@ -184,12 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: BaseException) -> str:
+    """The error's message on one line; a system error without a message of ours names its errno text and file."""
+    if isinstance(err, OSError) and err.strerror and len(err.args) > 1:
+        where = f" {err.filename!r}" if err.filename is not None else ""
+        text = f"{err.strerror}:{where}; check that the path exists and that you may read and write it"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"perturbsets {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"perturbsets {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,9 @@ common ones as fixtures.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -127,3 +130,38 @@ def save_robust_set(directory: Path) -> Path:
         latent_norms=LatentNormStats(count=4, mean=1.0, std=0.5, min=0.1, max=2.0, percentiles={"p50": 1.0, "p75": 1.5}),
     )
     return pset.save(directory)
+
+
+_HOLD_LOCKS = """
+import contextlib, sys
+from perturbsets._util.locking import folder_lock
+with contextlib.ExitStack() as held:
+    for line in sys.stdin:
+        held.enter_context(folder_lock(line.strip(), blocking=False))
+        print("held", flush=True)
+"""
+
+
+class LockHolder:
+    """Another process that holds folder locks, as a second run writing those folders would.
+
+    ``hold(folder)`` returns once the other process holds ``folder``'s lock; ``close()`` ends it.
+    """
+
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCKS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    def hold(self, folder: Path) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{folder}\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "held", "the lock-holding process failed"
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import LockHolder
 
 # The authors' state-dict listings live in shared/ beside the repository.
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "state_dicts"
@@ -26,6 +27,14 @@ def device(request) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("--device cuda was given but no CUDA device is available")
     return torch.device(name)
+
+
+@pytest.fixture
+def lock_holder():
+    """A second process that takes folder locks on request (:class:`builders.LockHolder`)."""
+    holder = LockHolder()
+    yield holder
+    holder.close()
 
 
 @pytest.fixture(autouse=True)

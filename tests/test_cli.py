@@ -174,3 +174,126 @@ def test_data_tools_are_grouped_under_data(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(old)
         assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------- run-folder locks and one-line errors
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The CLI's error output, after checking it is a single line of ours and not a traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"perturbsets {command}: error: "), err
+    return err
+
+
+def write_robust_files(tmp_path):
+    """A saved 1×8×8 set, labelled pairs as .npz and a robust config reading them; the config's path."""
+    import numpy as np
+
+    from builders import labelled_images, robust_config, save_robust_set
+    from perturbsets.config.io import save_config
+
+    x, x_tilde, y = labelled_images()
+    np.savez(tmp_path / "pairs.npz", x=x.numpy(), x_tilde=x_tilde.numpy(), y=y.numpy())
+    config = robust_config(save_robust_set(tmp_path / "set"))
+    config.data.path = str(tmp_path / "pairs.npz")
+    save_config(config, tmp_path / "robust.yaml")
+    return tmp_path / "robust.yaml"
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory):
+    """A trained two-epoch robust run (its config and folder)."""
+    folder = tmp_path_factory.mktemp("robust")
+    cfg = write_robust_files(folder)
+    assert main(["robust-train", str(cfg), "--out", str(folder / "run"), "--no-eval", "--quiet"]) == 0
+    return cfg, folder / "run"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "robust-train", "robust-eval", "demo", "experiments"])
+def test_a_second_writer_of_a_run_folder_fails_with_one_line(command, tmp_path, robust_run, lock_holder, capsys):
+    cfg, run = robust_run
+    out = tmp_path / "out"
+    argv = {
+        "train": ["train", str(write_config(tmp_path / "c.yaml")), "--out", str(out)],
+        "evaluate": ["evaluate", str(cfg.parent / "set"), "--config", str(write_config(tmp_path / "c.yaml")), "--out", str(out)],
+        "robust-train": ["robust-train", str(cfg), "--out", str(out)],
+        "robust-eval": ["robust-eval", str(cfg), "--run", str(run), "--out", str(out)],
+        "demo": ["demo", "--quick", "--out", str(out)],
+        "experiments": ["experiments", "run", "mnist-linf-fc", "--smoke", "--data", str(tmp_path), "--out", str(tmp_path)],
+    }[command]
+    if command == "experiments":
+        out = tmp_path / "mnist-linf-fc"
+    lock_holder.hold(out)
+    before = sorted(p.name for p in out.iterdir())
+    assert main([*argv, "--quiet"]) == 2
+    err = one_line_error(capsys, command)
+    assert f"another process is writing to the run folder {out}" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of the other run's touched
+
+
+def test_malformed_yaml_is_one_line_naming_the_place(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ntraining:\n  epochs: [1\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"{cfg} is not valid YAML" in err and "line 4" in err and "fix the syntax" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_image_in_a_pair_folder_is_one_line_naming_the_file(damage, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("clean", "perturbed"):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        for name in ("a", "b", "c"):
+            pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pairs" / sub / f"{name}{'_1' if sub == 'perturbed' else ''}.png")
+    bad = tmp_path / "pairs" / "perturbed" / "b_1.png"
+    # A truncated file still opens (its header is whole); decoding its pixels fails.
+    bad.write_bytes(b"not an image" if damage == "garbage" else bad.read_bytes()[:400])
+    cfg = write_config(
+        tmp_path / "c.yaml", data={"source": "folder", "path": str(tmp_path / "pairs"), "perturbation": None, "split": {"train": 1, "val": 1, "test": 1}}
+    )
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"{bad} is not a readable image" in err and "replace it or remove it" in err
+
+
+def test_an_unwritable_out_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    cfg = write_config(tmp_path / "c.yaml")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "file" / "run")]) == 2
+    err = one_line_error(capsys, "train")
+    assert f"cannot write to the run folder {tmp_path / 'file' / 'run'}" in err and "choose a folder" in err
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [({"hidden": "abc"}, "option 'hidden' of CVAE architecture 'mnist_fc' must be int, got 'abc'"),
+     ({"hidden": 1.5}, "option 'hidden' of CVAE architecture 'mnist_fc' must be int, got 1.5"),
+     ({"input_shape": [1, "28", 28]}, "option 'input_shape' of CVAE architecture 'mnist_fc' must be tuple[int, int, int]"),
+     ({"input_shape": [1, 28]}, "input_shape must be (C, H, W)")],
+)  # fmt: skip
+def test_wrongly_typed_model_options_are_one_line(options, message, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", model={"architecture": "mnist_fc", "options": options})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert message in one_line_error(capsys, "train")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "uint8"])
+def test_npz_pairs_of_other_dtypes_train_through_the_cli(dtype, tmp_path):
+    import numpy as np
+
+    images, _ = load_digits(28)
+    x = images[:112].numpy().astype(np.float64)
+    x_tilde = np.clip(x + 0.1, 0, 1)
+    if dtype == "uint8":
+        x, x_tilde = (np.round(a * 255).astype(np.uint8) for a in (x, x_tilde))
+    np.savez(tmp_path / "pairs.npz", x=x, x_tilde=x_tilde)
+    cfg = write_config(tmp_path / "c.yaml", data={"source": "npz", "path": str(tmp_path / "pairs.npz"), "perturbation": None})
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0

@@ -20,8 +20,15 @@ def check_radius_spec(spec: float | str, name: str) -> None:
         raise ConfigError(f"{name}: {err}") from None
 
 
+def check_non_negative(schedule: Any, name: str, why: str) -> None:
+    """A :class:`~perturbsets.config.learn.Schedule` whose values are all >= 0 (finite values are checked by the schedule)."""
+    negative = [v for v in schedule.values if v < 0]
+    require(not negative, f"{name}.values must be >= 0 ({why}), got {negative[0] if negative else None} in {schedule.values}")
+
+
 def check_loop(t: Any) -> None:
     """Checks shared by the CVAE and the robust training sections."""
+    check_non_negative(t.lr, "lr", "a learning rate is a step length")
     require(t.epochs >= 1, "epochs must be >= 1")
     require(t.batch_size >= 1, "batch_size must be >= 1")
     require(t.weight_decay >= 0, "weight_decay must be >= 0")

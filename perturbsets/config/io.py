@@ -97,7 +97,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if not where or message.startswith(f"{where}."):
             raise
         # Messages that start with a field name get its dotted path: "training.epochs must…".
-        first = re.split(r"[\s:\[]", message, maxsplit=1)[0]
+        first = re.split(r"[\s:\[.]", message, maxsplit=1)[0]
         raise ConfigError(f"{where}.{message}" if first in names else f"{where}: {message}") from None
 
 
@@ -106,12 +106,24 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: the problem and where it is (line and column count from 1)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_config(path: str | Path, cls: type[T]) -> T:
     """Read a YAML config file into ``cls``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a YAML config") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}; fix the syntax there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level of a config must be a mapping")
     return from_dict(cls, data)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from perturbsets._util.registry import unknown_name_message
-from perturbsets.config.checks import check_loop, check_radius_spec, require
+from perturbsets.config.checks import check_loop, check_non_negative, check_radius_spec, require
 from perturbsets.config.io import ConfigError
 from perturbsets.cvae.model import DISTRIBUTIONS
 
@@ -32,6 +32,10 @@ class Schedule:
         if len(self.epochs) != len(self.values) or not self.epochs:
             raise ConfigError(
                 f"a schedule needs as many epochs as values (got {len(self.epochs)} epochs, {len(self.values)} values)"
+            )
+        if not all(np.isfinite(self.epochs)) or not all(np.isfinite(self.values)):
+            raise ConfigError(
+                f"a schedule's epochs and values must be finite numbers, got epochs {self.epochs}, values {self.values}"
             )
         if any(b < a for a, b in zip(self.epochs, self.epochs[1:])):
             raise ConfigError(f"schedule epochs must be non-decreasing, got {self.epochs}")
@@ -168,6 +172,7 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         check_loop(self)
+        check_non_negative(self.beta, "beta", "β weighs the KL term")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perturbsets.datasets.files import DatasetFormatError
 from perturbsets.pairs.paired import PairedData
 
 __all__ = ["load_pair_folder"]
@@ -47,6 +48,21 @@ def _match_clean_stem(stem: str, clean: Mapping[str, int]) -> str | None:
     return None
 
 
+def _read_image(path: Path, convert: str | None = None) -> tuple[str, tuple[int, int], np.ndarray | None]:
+    """(mode, (W, H), pixels converted to ``convert`` or None) of one image file, naming the file if it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            pixels = None if convert is None else np.asarray(img.convert(convert), dtype=np.uint8)
+            return img.mode, img.size, pixels
+    except Exception as err:  # Pillow reports corrupt files as OSError, SyntaxError, ValueError, zlib.error…
+        raise DatasetFormatError(
+            f"{path} is not a readable image ({type(err).__name__}: {err}); it is probably truncated or corrupt: "
+            "replace it or remove it from the pair folder"
+        ) from None
+
+
 def load_pair_folder(root: str | Path, value_range: tuple[float, float] = (0.0, 1.0)) -> PairedData:
     """Load paired images from a folder (stored as uint8).
 
@@ -72,10 +88,9 @@ def load_pair_folder(root: str | Path, value_range: tuple[float, float] = (0.0, 
     Raises:
         FileNotFoundError: ``root``, ``root/clean`` or ``root/perturbed`` is missing.
         ValueError: no clean images, duplicate names, a clean image with no perturbation,
-            a perturbed file with no clean image, mismatched sizes or unsupported modes.
+            a perturbed file with no clean image, mismatched sizes or unsupported modes;
+            :class:`~perturbsets.datasets.files.DatasetFormatError` for an unreadable (corrupt) image.
     """
-    from PIL import Image
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"pair folder {str(root)!r} does not exist or is not a directory")
@@ -126,14 +141,14 @@ def load_pair_folder(root: str | Path, value_range: tuple[float, float] = (0.0, 
     all_files = clean_files + perturbed_files
     modes, sizes = [], []
     for path in all_files:
-        with Image.open(path) as img:
-            if img.mode not in _GREY_MODES | _COLOUR_MODES:
-                raise ValueError(
-                    f"{path} has image mode {img.mode!r} (16-bit, 32-bit or float pixels), which is not supported; "
-                    "save it as 8-bit greyscale or RGB"
-                )
-            modes.append(img.mode)
-            sizes.append(img.size)
+        mode, size, _ = _read_image(path)
+        if mode not in _GREY_MODES | _COLOUR_MODES:
+            raise ValueError(
+                f"{path} has image mode {mode!r} (16-bit, 32-bit or float pixels), which is not supported; "
+                "save it as 8-bit greyscale or RGB"
+            )
+        modes.append(mode)
+        sizes.append(size)
     expected = sizes[0]
     for path, size in zip(all_files, sizes):
         if size != expected:
@@ -144,11 +159,7 @@ def load_pair_folder(root: str | Path, value_range: tuple[float, float] = (0.0, 
     target = "RGB" if any(m in _COLOUR_MODES for m in modes) else "L"
 
     def read(paths: list[Path]) -> Tensor:
-        arrays = []
-        for path in paths:
-            with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert(target), dtype=np.uint8))
-        stacked = np.stack(arrays)
+        stacked = np.stack([_read_image(path, target)[2] for path in paths])
         stacked = stacked[:, None] if target == "L" else stacked.transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(stacked))
 

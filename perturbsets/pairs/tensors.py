@@ -20,6 +20,7 @@ __all__ = [
     "as_images",
     "decode",
     "check_labels",
+    "check_class_indices",
     "check_perturbation",
     "stored_pairs",
     "stack_perturbed",
@@ -48,7 +49,7 @@ def decode(t: Tensor) -> Tensor:
 
 
 def check_labels(labels: Any, n: int) -> Tensor | None:
-    """Optional (N,) integer labels as int64."""
+    """Optional (N,) integer labels (class indices >= 0) as int64."""
     if labels is None:
         return None
     labels = as_tensor(labels, "labels")
@@ -56,7 +57,25 @@ def check_labels(labels: Any, n: int) -> Tensor | None:
         raise ValueError(f"labels must have shape ({n},) to match {n} images, got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    return labels.long()
+    return check_class_indices(labels.long())
+
+
+def check_class_indices(labels: Tensor, ignore_index: int | None = None) -> Tensor:
+    """``labels`` after checking that they are class indices >= 0 (or ``ignore_index``, for label maps).
+
+    A negative class would otherwise pass until the loss, where torch rejects it with an
+    index error (or, on CUDA, a device-side assert).
+    """
+    bad = labels < 0
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bool(bad.any()):
+        allowed = "" if ignore_index is None else f" (or {ignore_index}, the ignore index of unlabelled pixels)"
+        raise ValueError(
+            f"labels must be class indices 0..K-1{allowed}, found {int(bad.sum())} negative value(s) "
+            f"(e.g. {int(labels[bad][0])}); map the classes onto 0..K-1, or leave out the unlabelled examples"
+        )
+    return labels
 
 
 def check_perturbation(perturbation: Any) -> None:

@@ -48,10 +48,12 @@ from perturbsets._util.checks import (
     non_negative_int,
 )
 from perturbsets._util.seeding import DataStream, epoch_generator
+from perturbsets.classifiers.scoring import IGNORE_INDEX
 from perturbsets.pairs.augment import JointAugmentation, check_augment
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.source import PairSource
 from perturbsets.pairs.splits import subset_index
+from perturbsets.pairs.tensors import check_class_indices
 
 __all__ = ["PAIRINGS", "VersionedData"]
 
@@ -127,14 +129,17 @@ def _check_version_labels(labels: Any, n: int, image_hw: tuple[int, int]) -> Any
                 f"label maps must have shape ({n}, {image_hw[0]}, {image_hw[1]}) to match {n} examples of "
                 f"{image_hw[0]}x{image_hw[1]} pixels, got {shape}"
             )
-        # Tensors become int64 now (an uint8 map could not hold IGNORE_INDEX); arrays are
-        # converted batch by batch, since they may be lazy or memory-mapped.
-        return labels.detach().cpu().long() if isinstance(labels, Tensor) else labels
+        # Tensors become int64 now (an uint8 map could not hold IGNORE_INDEX) and are checked;
+        # arrays are converted, and their values checked by the scoring, batch by batch, since
+        # they may be lazy or memory-mapped.
+        if isinstance(labels, Tensor):
+            return check_class_indices(labels.detach().cpu().long(), IGNORE_INDEX)
+        return labels
     if len(shape) != 1 or shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (or ({n}, H, W) label maps) to match {n} examples, got {shape}")
     if isinstance(labels, Tensor):
-        return labels.detach().cpu().long()
-    return torch.from_numpy(np.array(labels, dtype=np.int64))
+        return check_class_indices(labels.detach().cpu().long())
+    return check_class_indices(torch.from_numpy(np.array(labels, dtype=np.int64)))
 
 
 # --------------------------------------------------------------------------- VersionedData

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
-from perturbsets._util.io import write_json
+from perturbsets._util.io import remove_temp_files, write_json
+from perturbsets._util.locking import folder_lock
 from perturbsets._util.seeding import Stream, seeded_generator
 from perturbsets.config.io import save_config, to_dict
 from perturbsets.pairs.batch import PairBatch
@@ -35,6 +36,9 @@ from perturbsets.pairs.source import PairSource
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
+# Where a run's writers put files atomically: the run folder, its checkpoints, the report's
+# figures and the certificates of an evaluation.
+WRITTEN_FOLDERS = (".", "checkpoints", "figures", "certify")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -125,6 +129,28 @@ def prepare_run(out_dir: Path, resume: bool) -> Path:
     return latest
 
 
+@contextlib.contextmanager
+def run_folder(out_dir: str | Path, resume: bool | None = None) -> Iterator[Path]:
+    """Hold the lock of the run folder ``out_dir`` (created if missing) for the whole ``with`` block.
+
+    Every command that writes a run folder holds it, so a second process writing the same
+    folder fails at once with :class:`~perturbsets._util.locking.FolderLockedError` instead
+    of overwriting or mixing the first one's files; the thread holding it may take it again.
+    Once the lock is held, the temporary files that writers killed mid-write left in the
+    folder are deleted, and with ``resume`` given the folder is checked as by
+    :func:`prepare_run`. A resume of a folder that does not exist fails before anything is created.
+    """
+    out_dir = Path(out_dir)
+    if resume and not out_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: the run folder {out_dir} does not exist")
+    with folder_lock(out_dir, blocking=False, what="run folder"):
+        for sub in WRITTEN_FOLDERS:
+            remove_temp_files(out_dir / sub)
+        if resume is not None:
+            prepare_run(out_dir, resume)
+        yield out_dir
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -157,80 +183,83 @@ def fit(
             better), e.g. ``val_loss``; the checkpoint state records it as ``best_<monitor>``.
         prefetch_batches: batches read ahead in a background thread (0 = none).
     """
-    tc, seed = config.training, config.seed
-    epochs, lr, batch_size = tc.epochs, tc.lr, tc.batch_size
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp and device.type == "cuda" else contextlib.nullcontext
-    )
-    ckpt_dir = out_dir / "checkpoints"
-    latest = prepare_run(out_dir, resume)
-    best_key = f"best_{monitor}"
-    config_dict = json.loads(json.dumps(to_dict(config)))
-    start, best_val, best_epoch, history = 0, math.inf, -1, []
-    if resume:
-        state = load_checkpoint(latest, model, optimizer)
-        if state.get("config") != config_dict:
-            raise ValueError(
-                f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
-            )
-        start, best_val, best_epoch, history = state["epoch"] + 1, state[best_key], state["best_epoch"], state["history"]
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
-    n_batches = train.num_batches(batch_size)
-    if n_batches == 0:
-        raise ValueError("the training split is empty; give data.split.train a positive size")
-
-    for epoch in range(start, epochs):
-        began = time.perf_counter()
-        model.train()
-        gen = seeded_generator(seed, epoch, Stream.TRAIN_NOISE, device=device)
-        sums: dict[str, float] = {}
-        seen = 0
-        batches = prefetch(train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device), prefetch_batches)
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for i, batch in enumerate(bar):
-            t = epoch + (i + 1) / n_batches
-            rate = lr(t)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            with autocast():
-                out = step(batch, t, gen)
-            if not torch.isfinite(out.loss):
-                raise TrainingDivergedError(
-                    f"the loss became {out.loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
-                    f"The last good checkpoint ({latest if latest.exists() else 'none yet'}) is kept. "
-                    "Lower training.lr, or check the data for extreme values."
+    with run_folder(out_dir, resume):
+        tc, seed = config.training, config.seed
+        epochs, lr, batch_size = tc.epochs, tc.lr, tc.batch_size
+        autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp and device.type == "cuda" else contextlib.nullcontext
+        )
+        ckpt_dir = out_dir / "checkpoints"
+        latest = ckpt_dir / LATEST
+        best_key = f"best_{monitor}"
+        config_dict = json.loads(json.dumps(to_dict(config)))
+        start, best_val, best_epoch, history = 0, math.inf, -1, []
+        if resume:
+            state = load_checkpoint(latest, model, optimizer)
+            if state.get("config") != config_dict:
+                raise ValueError(
+                    f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            for key, value in out.logs.items():
-                sums[key] = sums.get(key, 0.0) + value * out.size
-            seen += out.size
-            bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
-        model.eval()
-        val = validate()
-        if not np.isfinite(val[monitor]):
-            raise TrainingDivergedError(
-                f"the validation {monitor.removeprefix('val_')} became {val[monitor]} at epoch {epoch + 1}; the last good checkpoint is kept. "
-                "Lower training.lr."
-            )
-        record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
-        record["seconds"] = time.perf_counter() - began
-        history.append(record)
-        improved = val[monitor] < best_val
-        if improved:
-            best_val, best_epoch = val[monitor], epoch
-        state = {"epoch": epoch, best_key: best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
-        if improved:
-            save_checkpoint(ckpt_dir / BEST, model, None, state)
-        save_checkpoint(latest, model, optimizer, state)
-        write_json(out_dir / "history.json", history)
-        if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
+            start, best_val, best_epoch, history = state["epoch"] + 1, state[best_key], state["best_epoch"], state["history"]
+            # The checkpoint's history is the record: a kill between the checkpoint write and the
+            # history write leaves history.json an epoch behind.
+            write_json(out_dir / "history.json", history)
+        else:
+            save_config(config, out_dir / "config.yaml")
+        n_batches = train.num_batches(batch_size)
+        if n_batches == 0:
+            raise ValueError("the training split is empty; give data.split.train a positive size")
 
-    load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
-    model.eval()
-    return FitResult(history, best_epoch, best_val)
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            model.train()
+            gen = seeded_generator(seed, epoch, Stream.TRAIN_NOISE, device=device)
+            sums: dict[str, float] = {}
+            seen = 0
+            batches = prefetch(train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device), prefetch_batches)
+            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for i, batch in enumerate(bar):
+                t = epoch + (i + 1) / n_batches
+                rate = lr(t)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+                with autocast():
+                    out = step(batch, t, gen)
+                if not torch.isfinite(out.loss):
+                    raise TrainingDivergedError(
+                        f"the loss became {out.loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
+                        f"The last good checkpoint ({latest if latest.exists() else 'none yet'}) is kept. "
+                        "Lower training.lr, or check the data for extreme values."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                for key, value in out.logs.items():
+                    sums[key] = sums.get(key, 0.0) + value * out.size
+                seen += out.size
+                bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
+            model.eval()
+            val = validate()
+            if not np.isfinite(val[monitor]):
+                raise TrainingDivergedError(
+                    f"the validation {monitor.removeprefix('val_')} became {val[monitor]} at epoch {epoch + 1}; the last good checkpoint is kept. "
+                    "Lower training.lr."
+                )
+            record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
+            record["seconds"] = time.perf_counter() - began
+            history.append(record)
+            improved = val[monitor] < best_val
+            if improved:
+                best_val, best_epoch = val[monitor], epoch
+            state = {"epoch": epoch, best_key: best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
+            if improved:
+                save_checkpoint(ckpt_dir / BEST, model, None, state)
+            save_checkpoint(latest, model, optimizer, state)
+            write_json(out_dir / "history.json", history)
+            if progress:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
+
+        load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
+        model.eval()
+        return FitResult(history, best_epoch, best_val)

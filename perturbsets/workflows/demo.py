@@ -27,7 +27,7 @@ from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.evaluation.robust import RobustReport
 from perturbsets.reports.plots import plot_samples
 from perturbsets.reports.tables import quality_table, robust_table
-from perturbsets.training.loop import resolve_device
+from perturbsets.training.loop import resolve_device, run_folder
 from perturbsets.training.robust import make_attack
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
@@ -258,25 +258,25 @@ def run_demo(
     instead of learning one, and run only the robustness half with it.
     """
     began = time.perf_counter()
-    if set_dir is None:
-        config = demo_config(quick=quick, seed=seed, device=device)
-        result = learn_perturbation_set(config, out, progress=progress)
-        print(quality_table(result.report.to_dict(), config.model.architecture))
-        print(f"perturbation set learned and evaluated in {time.perf_counter() - began:.0f} s")
-        set_dir, radius = out / SET_DIR, result.perturbation_set.radius
-    else:
-        pset = PerturbationSet.load(set_dir)
-        if pset.input_shape != (1, 42, 42):
-            raise ValueError(
-                f"{set_dir} holds a set for inputs {pset.input_shape}; the demo needs an RTS set on the 42×42 canvas "
-                "(e.g. from `perturbsets experiments run mnist-rts --data embedded`)"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "report.md", f"# Demo with the saved perturbation set {set_dir}\n\nradius ε = {pset.radius:.4g}\n")
-        radius = pset.radius
-    if robust:
-        reports, _ = run_robust_demo(out, set_dir, quick=quick, seed=seed, device=device, progress=progress)
-        print(robust_table([r.to_dict() for r in reports]))
+    pset = None if set_dir is None else PerturbationSet.load(set_dir)
+    if pset is not None and pset.input_shape != (1, 42, 42):
+        raise ValueError(
+            f"{set_dir} holds a set for inputs {pset.input_shape}; the demo needs an RTS set on the 42×42 canvas "
+            "(e.g. from `perturbsets experiments run mnist-rts --data embedded`)"
+        )
+    with run_folder(out):
+        if pset is None:
+            config = demo_config(quick=quick, seed=seed, device=device)
+            result = learn_perturbation_set(config, out, progress=progress)
+            print(quality_table(result.report.to_dict(), config.model.architecture))
+            print(f"perturbation set learned and evaluated in {time.perf_counter() - began:.0f} s")
+            set_dir, radius = out / SET_DIR, result.perturbation_set.radius
+        else:
+            write_text(out / "report.md", f"# Demo with the saved perturbation set {set_dir}\n\nradius ε = {pset.radius:.4g}\n")
+            radius = pset.radius
+        if robust:
+            reports, _ = run_robust_demo(out, set_dir, quick=quick, seed=seed, device=device, progress=progress)
+            print(robust_table([r.to_dict() for r in reports]))
     print(
         f"demo finished in {time.perf_counter() - began:.0f} s: radius ε = {radius:.3g}; "
         f"report {out / 'report.md'}, perturbation set {set_dir}"

@@ -36,7 +36,7 @@ from perturbsets.config.io import ConfigError, from_dict
 from perturbsets.config.learn import Config
 from perturbsets.config.robust import RobustConfig
 from perturbsets.reports.tables import paper_table
-from perturbsets.training.loop import LATEST
+from perturbsets.training.loop import LATEST, run_folder
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
@@ -159,17 +159,19 @@ def run_experiment(
     if exp.requires:
         run_experiment(exp.requires, data, out, smoke=smoke, progress=progress, _chain=(*_chain, name))
     run = out / name
-    if exp.perturbation_set is not None and not _set_done(run):
-        resume = (run / "checkpoints" / LATEST).is_file()
-        learn_perturbation_set(exp.perturbation_set, run, resume=resume, progress=progress)
-    if exp.robust is not None:
-        robust_dir = run / "robust"
-        if not (robust_dir / "eval" / "robust_metrics.json").is_file():
-            resume = (robust_dir / "checkpoints" / LATEST).is_file()
-            result = run_robust_training(exp.robust, robust_dir, resume=resume, progress=progress)
-            run_robust_evaluation(
-                exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
-            )
+    # Locked before the checks below, so another process cannot finish a stage between them.
+    with run_folder(run):
+        if exp.perturbation_set is not None and not _set_done(run):
+            resume = (run / "checkpoints" / LATEST).is_file()
+            learn_perturbation_set(exp.perturbation_set, run, resume=resume, progress=progress)
+        if exp.robust is not None:
+            robust_dir = run / "robust"
+            if not (robust_dir / "eval" / "robust_metrics.json").is_file():
+                resume = (robust_dir / "checkpoints" / LATEST).is_file()
+                result = run_robust_training(exp.robust, robust_dir, resume=resume, progress=progress)
+                run_robust_evaluation(
+                    exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
+                )
     return run
 
 

@@ -24,7 +24,7 @@ from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.quality_report import write_report
 from perturbsets.reports.tables import quality_table
 from perturbsets.training.cvae import TrainResult, train_cvae
-from perturbsets.training.loop import prepare_run, resolve_device
+from perturbsets.training.loop import resolve_device, run_folder
 from perturbsets.workflows.sources import load_splits
 
 SET_DIR = "perturbation_set"
@@ -84,39 +84,42 @@ def learn_perturbation_set(
     """Train, pick ε on the validation split, evaluate on the test split, save everything.
 
     ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
-    ``perturbation_set/``, ``metrics.json``, figures and ``report.md``.
+    ``perturbation_set/``, ``metrics.json``, figures and ``report.md``; it stays locked
+    against other processes until the run ends (see :func:`~perturbsets.training.loop.run_folder`).
     """
     out_dir = Path(out_dir)
-    prepare_run(out_dir, resume)  # before reading the data, which can take minutes
-    result = train_cvae(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
-    choice = choose_radius(result.cvae, result.splits.val, config, result.device)
-    pset = PerturbationSet(
-        result.cvae,
-        choice.radius,
-        architecture=config.model.architecture,
-        options=config.model.options,
-        value_range=tuple(config.data.value_range),
-        latent_norms=choice.stats,
-    )
-    report = assess(pset, result.splits.test, config, choice.stats, progress)
-    pset.metrics = report.to_dict()
-    pset.save(out_dir / SET_DIR)
-    write_json(out_dir / "metrics.json", pset.metrics)
-    with atomic_path(out_dir / "latent_norms.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, choice.norms)
-    write_report(out_dir, pset, pset.metrics, result.splits.test, config, choice.norms, result.history)
-    return LearnResult(pset, report, result, choice, out_dir)
+    # Locked and checked before reading the data, which can take minutes.
+    with run_folder(out_dir, resume):
+        result = train_cvae(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
+        choice = choose_radius(result.cvae, result.splits.val, config, result.device)
+        pset = PerturbationSet(
+            result.cvae,
+            choice.radius,
+            architecture=config.model.architecture,
+            options=config.model.options,
+            value_range=tuple(config.data.value_range),
+            latent_norms=choice.stats,
+        )
+        report = assess(pset, result.splits.test, config, choice.stats, progress)
+        pset.metrics = report.to_dict()
+        pset.save(out_dir / SET_DIR)
+        write_json(out_dir / "metrics.json", pset.metrics)
+        with atomic_path(out_dir / "latent_norms.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, choice.norms)
+        write_report(out_dir, pset, pset.metrics, result.splits.test, config, choice.norms, result.history)
+        return LearnResult(pset, report, result, choice, out_dir)
 
 
 def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path, *, progress: bool = True) -> QualityReport:
     """Evaluate a saved set on the test split of ``config.data`` and write metrics and report."""
     device = resolve_device(config.training.device)
     pset = PerturbationSet.load(set_dir, device=device)
-    splits = load_splits(config.data, config.seed)
-    report = assess(pset, splits.test, config, None, progress)
     out_dir = Path(out_dir)
-    write_json(out_dir / "metrics.json", report.to_dict())
-    write_report(out_dir, pset, report.to_dict(), splits.test, config, None, None)
+    with run_folder(out_dir):
+        splits = load_splits(config.data, config.seed)
+        report = assess(pset, splits.test, config, None, progress)
+        write_json(out_dir / "metrics.json", report.to_dict())
+        write_report(out_dir, pset, report.to_dict(), splits.test, config, None, None)
     return report
 
 

@@ -31,7 +31,7 @@ from perturbsets.evaluation.robust import (
 from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.plots import plot_curve, plot_segmentation
 from perturbsets.reports.tables import robust_table
-from perturbsets.training.loop import BEST, LATEST, prepare_run, resolve_device
+from perturbsets.training.loop import BEST, LATEST, resolve_device, run_folder
 from perturbsets.training.robust import RobustTrainResult, build_classifier_model, load_set, robust_train
 from perturbsets.workflows.sources import load_splits, load_test
 
@@ -40,8 +40,9 @@ def run_robust_training(
     config: RobustConfig, out_dir: str | Path, *, resume: bool = False, data: PairedData | None = None, progress: bool = True
 ) -> RobustTrainResult:
     """Train the downstream model of ``config`` on its data (``data``: pairs in memory instead)."""
-    prepare_run(Path(out_dir), resume)  # before reading the data, which can take minutes
-    return robust_train(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
+    # Locked and checked before reading the data, which can take minutes.
+    with run_folder(out_dir, resume):
+        return robust_train(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
 
 
 def run_robust_evaluation(
@@ -72,31 +73,32 @@ def run_robust_evaluation(
         load_checkpoint(run_dir / "checkpoints" / (BEST if config.training.select == "best" else LATEST), model)
     model.eval()
     pset = load_set(config, device)
-    ev = config.evaluation
-    test = load_test(ev.test, config.seed) if ev.test is not None else load_splits(config.data, config.seed, data).test
-    if shard is not None:
-        if pset is None:
-            raise ValueError("--shard splits certification, which needs a perturbation set (standard runs have none)")
-        certify_shard(config, model, pset, test, out_dir, shard)
-        return None
-    if merge_shards is not None:
-        merge_certificate_shards(out_dir, merge_shards)
-    ood = load_test(ev.ood, config.seed) if ev.ood is not None else None
-    result = robust_evaluate(config, model, pset, test, out_dir, ood=ood, name=name)
-    report = result.report
-    if pset is not None and report.radii:
-        batch = next(iter(image_batches(test, config, device)))
-        eps = max(report.radii.values())
-        maps = adversarial_maps(model, pset, batch, ev.attack, eps, config.seed)
-        if maps is not None:
-            plot_segmentation(
-                maps.x, maps.prediction, maps.x_adv, maps.prediction_adv, maps.labels,
-                out_dir / "adversarial_segmentation.png", maps.num_classes, title=f"latent PGD at ε = {eps:.3g}",
-            )  # fmt: skip
-    if result.certificates is not None:
-        c = result.certificates
-        write_certified_curve(c.radius, c.correct, out_dir / "certified_accuracy.png", c.sigma, pset.radius)
-    write_text(out_dir / "robust_table.md", robust_table([report.to_dict()]))
+    with run_folder(out_dir):
+        ev = config.evaluation
+        test = load_test(ev.test, config.seed) if ev.test is not None else load_splits(config.data, config.seed, data).test
+        if shard is not None:
+            if pset is None:
+                raise ValueError("--shard splits certification, which needs a perturbation set (standard runs have none)")
+            certify_shard(config, model, pset, test, out_dir, shard)
+            return None
+        if merge_shards is not None:
+            merge_certificate_shards(out_dir, merge_shards)
+        ood = load_test(ev.ood, config.seed) if ev.ood is not None else None
+        result = robust_evaluate(config, model, pset, test, out_dir, ood=ood, name=name)
+        report = result.report
+        if pset is not None and report.radii:
+            batch = next(iter(image_batches(test, config, device)))
+            eps = max(report.radii.values())
+            maps = adversarial_maps(model, pset, batch, ev.attack, eps, config.seed)
+            if maps is not None:
+                plot_segmentation(
+                    maps.x, maps.prediction, maps.x_adv, maps.prediction_adv, maps.labels,
+                    out_dir / "adversarial_segmentation.png", maps.num_classes, title=f"latent PGD at ε = {eps:.3g}",
+                )  # fmt: skip
+        if result.certificates is not None:
+            c = result.certificates
+            write_certified_curve(c.radius, c.correct, out_dir / "certified_accuracy.png", c.sigma, pset.radius)
+        write_text(out_dir / "robust_table.md", robust_table([report.to_dict()]))
     return report
 
 
@@ -109,12 +111,13 @@ def write_certified_curve(radii: np.ndarray, correct: np.ndarray, path: Path, si
 def robust_train_from_file(config_path: str | Path, out_dir: str | Path, *, resume: bool, evaluate: bool, progress: bool) -> None:
     """``perturbsets robust-train``: train the model of a YAML config, then (``evaluate``) evaluate it into ``out/eval``."""
     config = load_config(config_path, RobustConfig)
-    result = run_robust_training(config, out_dir, resume=resume, progress=progress)
-    if evaluate:
-        eval_dir = Path(out_dir) / "eval"
-        report = run_robust_evaluation(config, out_dir, eval_dir, model=result.model, progress=progress)
-        print((eval_dir / "robust_table.md").read_text())
-        print(f"results in {eval_dir} ({report.counts['test']} test examples)")
+    with run_folder(out_dir, resume):
+        result = run_robust_training(config, out_dir, resume=resume, progress=progress)
+        if evaluate:
+            eval_dir = Path(out_dir) / "eval"
+            report = run_robust_evaluation(config, out_dir, eval_dir, model=result.model, progress=progress)
+            print((eval_dir / "robust_table.md").read_text())
+            print(f"results in {eval_dir} ({report.counts['test']} test examples)")
 
 
 def robust_evaluate_from_file(

@@ -236,3 +236,28 @@ def test_training_attack_defaults_to_algorithm_1_and_evaluation_to_the_stronger_
 def test_gaussian_variance_must_be_positive():
     with pytest.raises(ConfigError, match="variance must be > 0"):
         from_dict(Config, {"model": {"distribution": "gaussian", "variance": 0.0}})
+
+
+@pytest.mark.parametrize(
+    "cls, data, match",
+    [
+        ("Config", {"training": {"lr": {"epochs": [0, 1], "values": [1e-3, -1e-4]}}}, r"training\.lr\.values must be >= 0"),
+        ("Config", {"training": {"lr": {"epochs": [0, 1], "values": [float("nan"), 0.0]}}}, r"training\.lr: .*finite"),
+        ("Config", {"training": {"lr": {"epochs": [0, float("inf")], "values": [1e-3, 0.0]}}}, r"training\.lr: .*finite"),
+        ("Config", {"training": {"beta": {"epochs": [0, 1], "values": [0.0, -0.5]}}}, r"training\.beta\.values must be >= 0"),
+        ("Config", {"training": {"beta": {"epochs": [0], "values": [float("nan")]}}}, r"training\.beta: .*finite"),
+        ("RobustConfig", {"training": {"lr": {"epochs": [0, 1], "values": [-1.0, 0.0]}}}, r"training\.lr\.values must be >= 0"),
+        ("RobustConfig", {"training": {"lr": {"epochs": [0], "values": [float("nan")]}}}, r"training\.lr: .*finite"),
+    ],
+)  # fmt: skip
+def test_negative_or_non_finite_schedules_are_refused_naming_the_key(cls, data, match):
+    from perturbsets.config.robust import RobustConfig
+
+    with pytest.raises(ConfigError, match=match):
+        from_dict({"Config": Config, "RobustConfig": RobustConfig}[cls], data)
+
+
+def test_a_nan_learning_rate_in_yaml_is_refused(tmp_path):
+    path = _write(tmp_path, "training:\n  lr: {epochs: [0, 10], values: [.nan, 0.0]}\n")
+    with pytest.raises(ConfigError, match=r"training\.lr: .*finite"):
+        load_config(path, Config)

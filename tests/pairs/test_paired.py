@@ -520,3 +520,19 @@ def test_load_pair_folder_errors(tmp_path):
         load_pair_folder(tmp_path)
     (tmp_path / "perturbed/img2_deep.png").unlink()
     assert load_pair_folder(tmp_path).num_pairs == 7
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda y: PairedData(torch.rand(3, 1, 2, 2), y, perturbed=torch.rand(3, 1, 2, 2)),
+        lambda y: PairedData.from_tensors(torch.rand(3, 1, 2, 2), torch.rand(3, 2, 1, 2, 2), y),
+        lambda y: PairedData.from_tensors(np.random.rand(3, 1, 2, 2), np.random.rand(3, 1, 2, 2), y.numpy()),
+        lambda y: PairedData.on_the_fly(torch.rand(3, 1, 2, 2), LinfNoise(), y),
+        lambda y: PairedData.with_fixed_perturbations(torch.rand(3, 1, 2, 2), LinfNoise(), 2, 0, y),
+    ],
+)
+def test_negative_labels_are_refused_with_the_fix(make):
+    with pytest.raises(ValueError, match=r"labels must be class indices 0..K-1, found 1 negative value\(s\) \(e.g. -1\); map the classes"):
+        make(torch.tensor([0, -1, 2]))
+    assert make(torch.tensor([0, 1, 2])).labels.tolist() == [0, 1, 2]

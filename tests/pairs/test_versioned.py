@@ -457,3 +457,19 @@ def test_train_cvae_accepts_versioned_data(tmp_path):
     result = train_cvae(config, load_splits(config.data, config.seed, data), tmp_path / "run", progress=False)
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_loss"])
     assert result.splits.train.augment is not None and result.splits.val.augment is None
+
+
+def test_negative_labels_are_refused_but_label_maps_keep_the_ignore_index():
+    from perturbsets.classifiers.scoring import IGNORE_INDEX
+
+    with pytest.raises(ValueError, match=r"labels must be class indices 0..K-1, found 1 negative value\(s\) \(e.g. -3\)"):
+        VersionedData(tagged(2, 3), torch.tensor([1, -3]))
+    with pytest.raises(ValueError, match="class indices 0..K-1"):
+        VersionedData(tagged(2, 3), np.array([-1, 0]))
+    maps = torch.zeros(2, 1, 2, dtype=torch.int64)  # tagged images are 1×2 pixels
+    maps[0, 0, 0] = IGNORE_INDEX  # unlabelled pixels are allowed in label maps
+    data = VersionedData(tagged(2, 3), maps)
+    assert int(data.labels.min()) == IGNORE_INDEX
+    maps[1, 0, 1] = -2
+    with pytest.raises(ValueError, match=rf"0..K-1 \(or {IGNORE_INDEX}, the ignore index of unlabelled pixels\).*\(e.g. -2\)"):
+        VersionedData(tagged(2, 3), maps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,68 @@ def test_training_minimises_the_batch_sum_so_weight_decay_is_the_papers(tmp_path
     (nll + 0.5 * kl).sum().backward()
     for ours, (name, param) in zip(grads[0], reference.named_parameters()):
         torch.testing.assert_close(ours, param.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+class Killed(Exception):
+    """Stands for a kill of the process at a chosen point."""
+
+
+def _checkpoint_state(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["perturbsets"])["state"]
+
+
+def _without_times(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+@pytest.mark.parametrize("killed_epoch", [0, 1])
+def test_history_agrees_with_the_checkpoint_after_a_kill_before_the_history_write(tmp_path, monkeypatch, killed_epoch):
+    from perturbsets.training import loop
+
+    config = tiny_config(epochs=2)
+    splits = load_splits(config.data, config.seed)
+    reference = train_cvae(config, splits, tmp_path / "reference", progress=False).history
+    real_write = loop.write_json
+
+    def killed_after_the_checkpoint(path, obj):
+        if path.name == "history.json" and obj[-1]["epoch"] == killed_epoch:
+            raise Killed
+        real_write(path, obj)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "write_json", killed_after_the_checkpoint)
+    with pytest.raises(Killed):
+        train_cvae(config, splits, run, progress=False)
+    monkeypatch.setattr(loop, "write_json", real_write)
+    assert _checkpoint_state(run / "checkpoints" / "latest.safetensors")["epoch"] == killed_epoch
+
+    train_cvae(config, splits, run, resume=True, progress=False)
+    history = json.loads((run / "history.json").read_text())
+    state = _checkpoint_state(run / "checkpoints" / "latest.safetensors")
+    assert [h["epoch"] for h in history] == [h["epoch"] for h in state["history"]] == [0, 1]
+    assert _without_times(history) == _without_times(reference)
+
+
+def test_a_run_start_removes_the_temporary_files_of_killed_writes(tmp_path):
+    import os
+    import tempfile
+
+    config = tiny_config(epochs=1)
+    run = tmp_path / "run"
+    train_cvae(config, load_splits(config.data, config.seed), run, progress=False)
+    # What atomic_path leaves when the process is killed mid-write: the same mkstemp names.
+    leftovers = []
+    for folder, target in ((run, "history.json"), (run / "checkpoints", "latest.safetensors")):
+        fd, path = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
+        os.write(fd, b"half written")
+        os.close(fd)
+        leftovers.append(Path(path))
+    kept = [run / "notes.tmp", run / ".notes.tmp"]  # not names our writers make
+    for path in kept:
+        path.write_text("the user's")
+    train_cvae(config, load_splits(config.data, config.seed), run, resume=True, progress=False)
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.read_text() == "the user's" for p in kept)
