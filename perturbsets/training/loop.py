@@ -27,15 +27,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from perturbsets._util.checkpoint import load_checkpoint, save_checkpoint
-from perturbsets._util.io import remove_temp_files, write_json
+from perturbsets._util.io import remove_temp_files
 from perturbsets._util.locking import folder_lock
 from perturbsets._util.seeding import Stream, seeded_generator
 from perturbsets.config.io import save_config, to_dict
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.source import PairSource
+from perturbsets.training.logs import RunLog
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
+# Per-epoch figures that depend on the machine's load, not on the seed.
+TIMING_KEYS = ("seconds", "pairs_per_second")
 # Where a run's writers put files atomically: the run folder, its checkpoints, the report's
 # figures and the certificates of an evaluation.
 WRITTEN_FOLDERS = (".", "checkpoints", "figures", "certify")
@@ -201,11 +204,12 @@ def fit(
                     f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
                 )
             start, best_val, best_epoch, history = state["epoch"] + 1, state[best_key], state["best_epoch"], state["history"]
-            # The checkpoint's history is the record: a kill between the checkpoint write and the
-            # history write leaves history.json an epoch behind.
-            write_json(out_dir / "history.json", history)
         else:
             save_config(config, out_dir / "config.yaml")
+        log = RunLog(out_dir, start)
+        # The checkpoint's history is the record: a kill between the checkpoint write and the
+        # log writes leaves the logs an epoch behind.
+        log.rewrite(history)
         n_batches = train.num_batches(batch_size)
         if n_batches == 0:
             raise ValueError("the training split is empty; give data.split.train a positive size")
@@ -247,6 +251,7 @@ def fit(
                 )
             record = {"epoch": epoch, "lr": rate, **{k: v / seen for k, v in sums.items()}, **val}
             record["seconds"] = time.perf_counter() - began
+            record["pairs_per_second"] = seen / record["seconds"]
             history.append(record)
             improved = val[monitor] < best_val
             if improved:
@@ -255,11 +260,12 @@ def fit(
             if improved:
                 save_checkpoint(ckpt_dir / BEST, model, None, state)
             save_checkpoint(latest, model, optimizer, state)
-            write_json(out_dir / "history.json", history)
+            log.epoch(history)
             if progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", *TIMING_KEYS))
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
 
+        log.close()
         load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
         model.eval()
         return FitResult(history, best_epoch, best_val)

@@ -12,7 +12,7 @@ import torch.distributions as D
 from safetensors.torch import load_file
 
 from perturbsets.training import cvae as train_mod
-from perturbsets.training.loop import TrainingDivergedError
+from perturbsets.training.loop import TIMING_KEYS, TrainingDivergedError
 from perturbsets.config.io import ConfigError, from_dict, load_config
 from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
 from perturbsets.pairs.paired import PairedData
@@ -271,28 +271,28 @@ def _checkpoint_state(path):
 
 
 def _without_times(history):
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
 
 
 @pytest.mark.parametrize("killed_epoch", [0, 1])
 def test_history_agrees_with_the_checkpoint_after_a_kill_before_the_history_write(tmp_path, monkeypatch, killed_epoch):
-    from perturbsets.training import loop
+    from perturbsets.training import logs
 
     config = tiny_config(epochs=2)
     splits = load_splits(config.data, config.seed)
     reference = train_cvae(config, splits, tmp_path / "reference", progress=False).history
-    real_write = loop.write_json
+    real_write = logs.write_json
 
     def killed_after_the_checkpoint(path, obj):
-        if path.name == "history.json" and obj[-1]["epoch"] == killed_epoch:
+        if path.name == "history.json" and obj and obj[-1]["epoch"] == killed_epoch:
             raise Killed
         real_write(path, obj)
 
     run = tmp_path / "run"
-    monkeypatch.setattr(loop, "write_json", killed_after_the_checkpoint)
+    monkeypatch.setattr(logs, "write_json", killed_after_the_checkpoint)
     with pytest.raises(Killed):
         train_cvae(config, splits, run, progress=False)
-    monkeypatch.setattr(loop, "write_json", real_write)
+    monkeypatch.setattr(logs, "write_json", real_write)
     assert _checkpoint_state(run / "checkpoints" / "latest.safetensors")["epoch"] == killed_epoch
 
     train_cvae(config, splits, run, resume=True, progress=False)
@@ -322,3 +322,29 @@ def test_a_run_start_removes_the_temporary_files_of_killed_writes(tmp_path):
     train_cvae(config, load_splits(config.data, config.seed), run, resume=True, progress=False)
     assert not any(p.exists() for p in leftovers)
     assert all(p.read_text() == "the user's" for p in kept)
+
+
+def test_every_epoch_is_logged_as_json_lines_and_csv_that_agree_with_history(tmp_path):
+    import csv
+
+    config = tiny_config(epochs=2)
+    result = train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    lines = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert lines == history == result.history and len(rows) == 2
+    for row, record in zip(rows, history):
+        assert {k: float(v) for k, v in row.items()} == pytest.approx({k: float(v) for k, v in record.items()})
+    assert {"loss", "kl", "beta", "lr", "val_loss", "pairs_per_second"} <= set(history[0])
+
+
+def test_tensorboard_receives_the_epoch_scalars_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(epochs=2)
+    train_cvae(config, load_splits(config.data, config.seed), tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == [0, 1]
