@@ -32,6 +32,7 @@ from perturbsets.cvae.registry import build_cvae
 from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.pairs.paired import PairedData
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
+from perturbsets.training.distributed import StepDraws
 
 
 @dataclass
@@ -152,12 +153,13 @@ def train_cvae(
     tc = config.training
     optimizer = make_adam(cvae.parameters(), tc.weight_decay)
 
-    def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
+    def step(batch: PairBatch, t: float, draws: StepDraws) -> StepOutput:
         beta = tc.beta(t)
-        out = cvae(batch.x, batch.x_tilde, noise=_noise(cvae, batch.x.shape[0], gen, device))
+        noise = draws.per_example(lambda n: _noise(cvae, n, draws.generator, device), batch.x.shape[0])
+        out = cvae(batch.x, batch.x_tilde, noise=noise)
         loss = cvae.loss(out, batch.x_tilde, beta, variance=config.model.variance)
         logs = {"loss": loss.total.item(), "reconstruction": loss.reconstruction.mean().item(), "kl": loss.kl.mean().item(), "beta": beta}
-        return StepOutput(loss.objective, logs, batch.x.shape[0])
+        return StepOutput(loss.objective, logs, batch.x.shape[0], reduction="sum")
 
     def validate() -> dict[str, float]:
         loss, recon, kl = validation_loss(cvae, splits.val, config, device)

@@ -33,6 +33,16 @@ from perturbsets._util.seeding import Stream, seeded_generator
 from perturbsets.config.io import save_config, to_dict
 from perturbsets.pairs.batch import PairBatch
 from perturbsets.pairs.source import PairSource
+from perturbsets.training.distributed import (
+    StepDraws,
+    average_gradients,
+    barrier,
+    init_distributed,
+    is_main_process,
+    local_rows,
+    prepare_model,
+    sum_over_ranks,
+)
 from perturbsets.training.logs import RunLog
 
 LATEST = "latest.safetensors"
@@ -109,6 +119,9 @@ class StepOutput:
     loss: Tensor
     logs: dict[str, float]
     size: int
+    # "mean" over the batch's rows or "sum" (the CVAE's batch-summed ELBO): how a rank's
+    # loss is weighted so the gradients summed over ranks are the single-process gradient.
+    reduction: str = "mean"
 
 
 @dataclass
@@ -146,6 +159,12 @@ def run_folder(out_dir: str | Path, resume: bool | None = None) -> Iterator[Path
     out_dir = Path(out_dir)
     if resume and not out_dir.is_dir():
         raise FileNotFoundError(f"cannot resume: the run folder {out_dir} does not exist")
+    if not is_main_process():
+        # Under torchrun rank 0 holds the lock and writes; the other ranks only read.
+        if resume is not None:
+            prepare_run(out_dir, resume)
+        yield out_dir
+        return
     with folder_lock(out_dir, blocking=False, what="run folder"):
         for sub in WRITTEN_FOLDERS:
             remove_temp_files(out_dir / sub)
@@ -161,7 +180,7 @@ def fit(
     config: Any,
     out_dir: Path,
     train: PairSource,
-    step: Callable[[PairBatch, float, torch.Generator], StepOutput],
+    step: Callable[[PairBatch, float, StepDraws], StepOutput],
     validate: Callable[[], dict[str, float]],
     monitor: str,
     device: torch.device,
@@ -179,16 +198,25 @@ def fit(
             (lowest ``monitor``) or ``latest``; ``amp`` runs the steps under bfloat16
             autocast on CUDA (no effect on the CPU, where bfloat16 matmuls are rarely faster).
         train: the training pairs, shuffled every epoch from (seed, epoch).
-        step: ``(batch, fractional_epoch, generator) -> StepOutput``; the generator is
-            seeded by (seed, epoch) for any randomness of the step (noise, attack starts).
+        step: ``(batch, fractional_epoch, draws) -> StepOutput``; ``draws`` holds the
+            generator seeded by (seed, epoch) for any randomness of the step, and draws
+            per-example randomness for the whole global batch (see
+            :class:`~perturbsets.training.distributed.StepDraws`).
         validate: returns the validation figures after each epoch, ``monitor`` among them.
         monitor: the key of ``validate``'s result that selects the best epoch (lower is
             better), e.g. ``val_loss``; the checkpoint state records it as ``best_<monitor>``.
         prefetch_batches: batches read ahead in a background thread (0 = none).
+
+    Under ``torchrun`` every process runs this with the same arguments: each trains on its
+    rows of every global batch, gradients are summed over the processes, and only rank 0
+    writes (see :mod:`perturbsets.training.distributed`).
     """
     with run_folder(out_dir, resume):
         tc, seed = config.training, config.seed
         epochs, lr, batch_size = tc.epochs, tc.lr, tc.batch_size
+        world = init_distributed(device)
+        world.check_batch_size(batch_size)
+        prepare_model(model, world, device)
         autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if tc.amp and device.type == "cuda" else contextlib.nullcontext
         )
@@ -204,12 +232,13 @@ def fit(
                     f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
                 )
             start, best_val, best_epoch, history = state["epoch"] + 1, state[best_key], state["best_epoch"], state["history"]
-        else:
+        elif world.is_main:
             save_config(config, out_dir / "config.yaml")
-        log = RunLog(out_dir, start)
-        # The checkpoint's history is the record: a kill between the checkpoint write and the
-        # log writes leaves the logs an epoch behind.
-        log.rewrite(history)
+        log = RunLog(out_dir, start) if world.is_main else None
+        if log is not None:
+            # The checkpoint's history is the record: a kill between the checkpoint write and
+            # the log writes leaves the logs an epoch behind.
+            log.rewrite(history)
         n_batches = train.num_batches(batch_size)
         if n_batches == 0:
             raise ValueError("the training split is empty; give data.split.train a positive size")
@@ -221,14 +250,21 @@ def fit(
             sums: dict[str, float] = {}
             seen = 0
             batches = prefetch(train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, device=device), prefetch_batches)
-            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            show = progress and world.is_main
+            bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
             for i, batch in enumerate(bar):
+                total = batch.x.shape[0]
+                if world.size > 1:
+                    rows = world.rows(total)
+                    batch, draws = local_rows(batch, rows), StepDraws(gen, rows, total)
+                else:
+                    draws = StepDraws(gen)
                 t = epoch + (i + 1) / n_batches
                 rate = lr(t)
                 for group in optimizer.param_groups:
                     group["lr"] = rate
                 with autocast():
-                    out = step(batch, t, gen)
+                    out = step(batch, t, draws)
                 if not torch.isfinite(out.loss):
                     raise TrainingDivergedError(
                         f"the loss became {out.loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
@@ -236,12 +272,20 @@ def fit(
                         "Lower training.lr, or check the data for extreme values."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                if world.size > 1:
+                    (out.loss * (1.0 if out.reduction == "sum" else out.size / total)).backward()
+                    average_gradients(model, world)
+                else:
+                    out.loss.backward()
                 optimizer.step()
                 for key, value in out.logs.items():
                     sums[key] = sums.get(key, 0.0) + value * out.size
                 seen += out.size
                 bar.set_postfix({k: f"{v / seen:.3g}" for k, v in sums.items()})
+            if world.size > 1:
+                totals = sum_over_ranks({**sums, "__seen__": float(seen)}, world)
+                seen = int(totals.pop("__seen__"))
+                sums = totals
             model.eval()
             val = validate()
             if not np.isfinite(val[monitor]):
@@ -257,15 +301,18 @@ def fit(
             if improved:
                 best_val, best_epoch = val[monitor], epoch
             state = {"epoch": epoch, best_key: best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
-            if improved:
-                save_checkpoint(ckpt_dir / BEST, model, None, state)
-            save_checkpoint(latest, model, optimizer, state)
-            log.epoch(history)
-            if progress:
+            if log is not None:
+                if improved:
+                    save_checkpoint(ckpt_dir / BEST, model, None, state)
+                save_checkpoint(latest, model, optimizer, state)
+                log.epoch(history)
+            if show:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", *TIMING_KEYS))
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}{' *' if improved else ''}")
 
-        log.close()
+        if log is not None:
+            log.close()
+        barrier(world)  # rank 0's last checkpoint is on disk before anyone reads it
         load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
         model.eval()
         return FitResult(history, best_epoch, best_val)

@@ -29,9 +29,11 @@ from perturbsets.attacks.latent_pgd import LatentPGD
 from perturbsets.classifiers.architectures import build_classifier
 from perturbsets.classifiers.scoring import check_labels, per_example_error, per_example_loss
 from perturbsets.config.robust import AttackConfig, RobustConfig
+from perturbsets.core.latent import sample_truncated_normal
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.training.cvae import make_adam
+from perturbsets.training.distributed import StepDraws
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
 
 
@@ -54,8 +56,13 @@ class InputTransform:
         self.pset = pset
         self.eps = pset.resolve_radius(config.training.attack.eps) if pset is not None else None
 
-    def __call__(self, batch: PairBatch, generator: torch.Generator, epoch: float = math.inf) -> Tensor:
-        """``epoch`` (fractional) sets the attack radius during ``attack.warmup_epochs``."""
+    def __call__(self, batch: PairBatch, draws: StepDraws, epoch: float = math.inf) -> Tensor:
+        """``epoch`` (fractional) sets the attack radius during ``attack.warmup_epochs``.
+
+        Latent draws are made for the whole global batch (``draws``), so data-parallel runs
+        see the single-process draws; an attack's random starts (``attack.random_start``,
+        off in Algorithm 1) are drawn per rank.
+        """
         mode, pset = self.mode, self.pset
         if mode == "standard":
             return batch.x
@@ -63,12 +70,16 @@ class InputTransform:
             return batch.x_tilde
         assert pset is not None
         n = batch.x.shape[0]
+        gen, device, dim = draws.generator, batch.x.device, pset.latent_dim
         if mode == "cvae_augment":
+            u = draws.per_example(
+                lambda m: sample_truncated_normal(m, dim, pset.radius, gen, device=device, dtype=batch.x.dtype), n
+            )
             with torch.no_grad():
-                return pset.sample(batch.x, 1, generator=generator)[:, 0]
+                return pset.perturb(batch.x, u)
         if mode == "smoothing":
             sigma = self.config.training.sigma
-            u = sigma * torch.randn(n, pset.latent_dim, generator=generator, device=batch.x.device)
+            u = sigma * draws.per_example(lambda m: torch.randn(m, dim, generator=gen, device=device), n)
             with torch.no_grad():
                 return pset.perturb(batch.x, u)
         cfg = self.config.training.attack
@@ -77,7 +88,7 @@ class InputTransform:
         eps = self.eps * min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else self.eps
         if eps <= 0:
             return batch.x
-        return make_attack(self.model, pset, cfg, eps, generator)(batch.x, batch.y).x_adv
+        return make_attack(self.model, pset, cfg, eps, gen)(batch.x, batch.y).x_adv
 
 
 @dataclass
@@ -139,9 +150,9 @@ def robust_train(
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=tc.momentum, weight_decay=tc.weight_decay)
     transform = InputTransform(config, model, pset)
 
-    def step(batch: PairBatch, t: float, gen: torch.Generator) -> StepOutput:
+    def step(batch: PairBatch, t: float, draws: StepDraws) -> StepOutput:
         y = require_labels(batch)
-        inputs = transform(batch, gen, t)
+        inputs = transform(batch, draws, t)
         logits = model(inputs)
         check_labels(logits, y)
         loss = per_example_loss(logits, y)
@@ -153,7 +164,7 @@ def robust_train(
         errors, losses = [], []
         for batch in splits.val.batches(tc.batch_size, shuffle=False, seed=config.seed, device=device):
             y = require_labels(batch)
-            inputs = transform(batch, gen)
+            inputs = transform(batch, StepDraws(gen))
             with torch.no_grad():
                 logits = model(inputs)
             errors.append(per_example_error(logits, y))

@@ -36,6 +36,7 @@ from perturbsets.config.io import ConfigError, from_dict
 from perturbsets.config.learn import Config
 from perturbsets.config.robust import RobustConfig
 from perturbsets.reports.tables import paper_table
+from perturbsets.training.distributed import is_main_process, synchronize
 from perturbsets.training.loop import LATEST, run_folder
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
@@ -164,14 +165,16 @@ def run_experiment(
         if exp.perturbation_set is not None and not _set_done(run):
             resume = (run / "checkpoints" / LATEST).is_file()
             learn_perturbation_set(exp.perturbation_set, run, resume=resume, progress=progress)
+        synchronize()  # under torchrun the robust stage reads the set rank 0 has just saved
         if exp.robust is not None:
             robust_dir = run / "robust"
             if not (robust_dir / "eval" / "robust_metrics.json").is_file():
                 resume = (robust_dir / "checkpoints" / LATEST).is_file()
                 result = run_robust_training(exp.robust, robust_dir, resume=resume, progress=progress)
-                run_robust_evaluation(
-                    exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
-                )
+                if is_main_process():
+                    run_robust_evaluation(
+                        exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
+                    )
     return run
 
 

@@ -24,6 +24,7 @@ from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.quality_report import write_report
 from perturbsets.reports.tables import quality_table
 from perturbsets.training.cvae import TrainResult, train_cvae
+from perturbsets.training.distributed import is_main_process
 from perturbsets.training.loop import resolve_device, run_folder
 from perturbsets.workflows.sources import load_splits
 
@@ -80,7 +81,7 @@ def learn_perturbation_set(
     resume: bool = False,
     data: PairedData | None = None,
     progress: bool = True,
-) -> LearnResult:
+) -> LearnResult | None:
     """Train, pick ε on the validation split, evaluate on the test split, save everything.
 
     ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
@@ -91,6 +92,8 @@ def learn_perturbation_set(
     # Locked and checked before reading the data, which can take minutes.
     with run_folder(out_dir, resume):
         result = train_cvae(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
+        if not is_main_process():
+            return None  # under torchrun rank 0 alone picks ε, evaluates and saves
         choice = choose_radius(result.cvae, result.splits.val, config, result.device)
         pset = PerturbationSet(
             result.cvae,
@@ -123,10 +126,12 @@ def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path,
     return report
 
 
-def learn_from_file(config_path: str | Path, out_dir: str | Path, *, resume: bool, progress: bool) -> LearnResult:
+def learn_from_file(config_path: str | Path, out_dir: str | Path, *, resume: bool, progress: bool) -> LearnResult | None:
     """``perturbsets train``: learn the set of a YAML config and print its quality table."""
     config = load_config(config_path, Config)
     result = learn_perturbation_set(config, out_dir, resume=resume, progress=progress)
+    if result is None:
+        return None
     print(quality_table(result.report.to_dict(), config.model.architecture))
     print(f"perturbation set saved to {result.out_dir / SET_DIR}; report: {result.out_dir / 'report.md'}")
     return result

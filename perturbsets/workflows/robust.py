@@ -31,6 +31,7 @@ from perturbsets.evaluation.robust import (
 from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.plots import plot_curve, plot_segmentation
 from perturbsets.reports.tables import robust_table
+from perturbsets.training.distributed import is_main_process
 from perturbsets.training.loop import BEST, LATEST, resolve_device, run_folder
 from perturbsets.training.robust import RobustTrainResult, build_classifier_model, load_set, robust_train
 from perturbsets.workflows.sources import load_splits, load_test
@@ -113,7 +114,7 @@ def robust_train_from_file(config_path: str | Path, out_dir: str | Path, *, resu
     config = load_config(config_path, RobustConfig)
     with run_folder(out_dir, resume):
         result = run_robust_training(config, out_dir, resume=resume, progress=progress)
-        if evaluate:
+        if evaluate and is_main_process():  # under torchrun rank 0 alone evaluates
             eval_dir = Path(out_dir) / "eval"
             report = run_robust_evaluation(config, out_dir, eval_dir, model=result.model, progress=progress)
             print((eval_dir / "robust_table.md").read_text())

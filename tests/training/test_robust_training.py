@@ -11,6 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from perturbsets.training import robust as robust_mod
+from perturbsets.training.distributed import StepDraws
 from perturbsets import PerturbationSet
 from perturbsets.attacks.base import AttackOutput
 from perturbsets.cli import main
@@ -130,9 +131,9 @@ def test_attack_radius_warmup_ramps_linearly(set_dir, monkeypatch):
     transform = robust_mod.InputTransform(cfg, torch.nn.Identity(), pset)
     batch = next(labelled_pairs().batches(4, shuffle=False, seed=0))
     for epoch in (1.0, 2.0, 4.0, 9.0):
-        transform(batch, torch.Generator(), epoch)
+        transform(batch, StepDraws(torch.Generator()), epoch)
     assert seen == pytest.approx([0.5, 1.0, 2.0, 2.0])  # radius 2.0 reached after 4 epochs
-    assert torch.equal(transform(batch, torch.Generator(), 0.0), batch.x)  # ε = 0: the clean input
+    assert torch.equal(transform(batch, StepDraws(torch.Generator()), 0.0), batch.x)  # ε = 0: the clean input
 
 
 def test_adversarial_training_trains_at_the_final_point_of_algorithm_1(set_dir):
@@ -144,7 +145,7 @@ def test_adversarial_training_trains_at_the_final_point_of_algorithm_1(set_dir):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     batch = next(labelled_pairs().batches(16, shuffle=False, seed=0))
-    inputs = robust_mod.InputTransform(cfg, model, pset)(batch, torch.Generator())
+    inputs = robust_mod.InputTransform(cfg, model, pset)(batch, StepDraws(torch.Generator()))
     eps = pset.radius
     expected = algorithm_1_loop(model, pset, batch.x, batch.y, eps, 7, eps / 5)
     torch.testing.assert_close(inputs, pset.perturb(batch.x, expected), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,114 @@
+"""Data-parallel training on the CPU with gloo: two processes reach the single process's weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
+from perturbsets.training.cvae import train_cvae
+from perturbsets.training.distributed import StepDraws, World
+from perturbsets.training.loop import TIMING_KEYS
+from perturbsets.workflows.robust import run_robust_training
+from perturbsets.workflows.sources import load_splits
+
+from builders import labelled_pairs, robust_config, save_robust_set
+
+
+def _config() -> Config:
+    return Config(
+        name="ddp",
+        seed=11,
+        data=DataConfig(source="mnist5k", canvas=28, perturbation={"name": "linf", "epsilon": 0.3}, split={"train": 96, "val": 32, "test": 32}),
+        model=ModelConfig(architecture="mnist_conv"),
+        training=TrainingConfig(
+            epochs=2, batch_size=32, lr=Schedule([0, 2], [1e-3, 1e-4]), beta=Schedule([0, 2], [0.0, 1.0]), device="cpu"
+        ),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    config = _config()
+    try:
+        train_cvae(config, load_splits(config.data, config.seed), out, progress=False)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
+    config = _config()
+    single = train_cvae(config, load_splits(config.data, config.seed), tmp_path / "one", progress=False)
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
+    reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
+    weights = [k for k in reference if k.startswith("model.")]
+    assert weights and set(reference) == set(ours)
+    # Equal up to the all-reduce's summation order, compounded over 6 Adam steps.
+    for key in weights:
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    for key in set(reference) - set(weights):  # Adam's moments, relative to their scale
+        scale = reference[key].float().abs().max().clamp_min(1e-12)
+        assert ((ours[key].float() - reference[key].float()).abs().max() / scale).item() < 1e-5, key
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert len(two) == len(single.history)
+    for a, b in zip(two, single.history):  # the logged epoch figures are the global batch's
+        assert {k: a[k] for k in b if k not in TIMING_KEYS} == pytest.approx({k: b[k] for k in b if k not in TIMING_KEYS}, rel=1e-5)
+
+
+def test_rows_split_every_global_batch_and_refuse_an_indivisible_batch_size():
+    worlds = [World(r, 3) for r in range(3)]
+    for total in (30, 31, 2):
+        covered = [i for w in worlds for i in range(total)[w.rows(total)]]
+        assert covered == list(range(total))
+    with pytest.raises(ValueError, match="batch_size 32 .* 3 processes"):
+        World(0, 3).check_batch_size(32)
+
+
+def test_draws_are_made_for_the_global_batch_and_sliced():
+    def draw(n):
+        return torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+
+    whole = StepDraws(torch.Generator()).per_example(draw, 6)
+    parts = [StepDraws(torch.Generator(), World(r, 2).rows(6), 6).per_example(draw, 3) for r in range(2)]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def _robust_rank(rank: int, world: int, port: int, set_dir: str, out: str) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    try:
+        run_robust_training(robust_config(set_dir, "cvae_augment"), out, data=labelled_pairs(), progress=False)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_robust_training_in_two_processes_reaches_the_single_process_weights(tmp_path):
+    """CVAE augmentation draws its latent samples for the global batch; digits_cnn has no BatchNorm."""
+    set_dir = save_robust_set(tmp_path / "set")
+    run_robust_training(robust_config(set_dir, "cvae_augment"), tmp_path / "one", data=labelled_pairs(), progress=False)
+    mp.spawn(_robust_rank, args=(2, _free_port(), str(set_dir), str(tmp_path / "two")), nprocs=2, join=True)
+    ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
+    reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
+    for key in (k for k in reference if k.startswith("model.")):
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
