@@ -40,17 +40,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _as_rank(rank: int, world: int, port: int, run) -> None:
+    """Run ``run()`` as rank ``rank`` of a torchrun-like launch (the environment torchrun sets)."""
     os.environ.update(
         {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     )
     torch.set_num_threads(1)
-    config = _config()
     try:
-        train_cvae(config, load_splits(config.data, config.seed), out, progress=False)
+        run()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    config = _config()
+    _as_rank(rank, world, port, lambda: train_cvae(config, load_splits(config.data, config.seed), out, progress=False))
 
 
 def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
@@ -92,15 +97,8 @@ def test_draws_are_made_for_the_global_batch_and_sliced():
 
 
 def _robust_rank(rank: int, world: int, port: int, set_dir: str, out: str) -> None:
-    os.environ.update(
-        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    torch.set_num_threads(1)
-    try:
-        run_robust_training(robust_config(set_dir, "cvae_augment"), out, data=labelled_pairs(), progress=False)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    config = robust_config(set_dir, "cvae_augment")
+    _as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
 
 
 def test_robust_training_in_two_processes_reaches_the_single_process_weights(tmp_path):
