@@ -37,6 +37,11 @@ _API: dict[str, str] = {
     "VersionedData": "perturbsets.pairs.versioned",
     "LinfNoise": "perturbsets.perturbations",
     "RTS": "perturbsets.perturbations",
+    # configs and the run that learns a set
+    "Config": "perturbsets.config.learn",
+    "RobustConfig": "perturbsets.config.robust",
+    "load_config": "perturbsets.config.io",
+    "learn_perturbation_set": "perturbsets.workflows.learn",
     # attack and certification
     "LatentPGD": "perturbsets.attacks.latent_pgd",
     "SmoothedClassifier": "perturbsets.certify.smoothed",
@@ -65,10 +70,14 @@ if TYPE_CHECKING:
     from perturbsets.certify.smoothed import SmoothedClassifier
     from perturbsets.certify.statistics import certified_accuracy, sigma_for_radius
     from perturbsets.classifiers.architectures import build_classifier
+    from perturbsets.config.io import load_config
+    from perturbsets.config.learn import Config
+    from perturbsets.config.robust import RobustConfig
     from perturbsets.core.perturbation_set import ConditionedSet, PerturbationSet
     from perturbsets.core.quality import QualityReport, approximation_errors, evaluate_quality
     from perturbsets.core.radius import RadiusSpec
     from perturbsets.cvae.registry import build_cvae
+    from perturbsets.workflows.learn import learn_perturbation_set
     from perturbsets.pairs.paired import PairedData
     from perturbsets.pairs.versioned import VersionedData
     from perturbsets.perturbations import RTS, LinfNoise

@@ -14,6 +14,10 @@ import pytest
 import perturbsets
 
 PUBLIC = {
+    "Config",
+    "RobustConfig",
+    "load_config",
+    "learn_perturbation_set",
     "ConditionedSet",
     "LatentPGD",
     "LinfNoise",

@@ -213,7 +213,16 @@ class EvaluationConfig:
 
 @dataclass
 class Config:
-    """A whole perturbation-set run: data → CVAE training → radius → evaluation."""
+    """A whole perturbation-set run: data → CVAE training → radius → evaluation (paper Section 4, Appendix B).
+
+    Sections ``data``, ``model``, ``training`` and ``evaluation``; read from YAML with strict
+    keys by :func:`~perturbsets.config.io.load_config`.
+
+    Example::
+
+        config = load_config("perturbsets/configs/demo/mnist_rts.yaml", Config)
+        result = learn_perturbation_set(config, "runs/rts")
+    """
 
     name: str = "perturbation_set"
     seed: int = 0

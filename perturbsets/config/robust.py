@@ -180,7 +180,17 @@ class RobustEvalConfig:
 
 @dataclass
 class RobustConfig:
-    """A robust-training run: pairs with labels + a saved perturbation set → robust model."""
+    """A robust-training run: pairs with labels + a saved perturbation set → robust model (paper Section 5).
+
+    ``training.mode`` is one of ``standard``, ``perturbed``, ``cvae_augment``,
+    ``cvae_adversarial`` (Algorithm 1) or ``smoothing``; ``evaluation`` lists the attack
+    radii and the certification budget (Algorithm 2).
+
+    Example::
+
+        config = load_config("perturbsets/configs/demo/mnist_robust.yaml", RobustConfig)
+        config.training.mode = "cvae_adversarial"
+    """
 
     name: str = "robust"
     seed: int = 0

@@ -87,6 +87,12 @@ def learn_perturbation_set(
     ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
     ``perturbation_set/``, ``metrics.json``, figures and ``report.md``; it stays locked
     against other processes until the run ends (see :func:`~perturbsets.training.loop.run_folder`).
+    Under ``torchrun`` every rank trains and rank 0 alone goes on (the others return ``None``).
+
+    Example::
+
+        result = learn_perturbation_set(load_config("perturbsets/configs/demo/mnist_rts.yaml", Config), "runs/rts")
+        result.pset.radius, result.report.summary()["pgd_ae"].mean
     """
     out_dir = Path(out_dir)
     # Locked and checked before reading the data, which can take minutes.

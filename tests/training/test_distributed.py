@@ -101,6 +101,7 @@ def _robust_rank(rank: int, world: int, port: int, set_dir: str, out: str) -> No
     _as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
 
 
+@pytest.mark.slow
 def test_robust_training_in_two_processes_reaches_the_single_process_weights(tmp_path):
     """CVAE augmentation draws its latent samples for the global batch; digits_cnn has no BatchNorm."""
     set_dir = save_robust_set(tmp_path / "set")
