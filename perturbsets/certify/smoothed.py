@@ -155,16 +155,13 @@ class SmoothedClassifier:
         counts: Tensor | None = None
         noise = _NoiseStream(count * n, pset.latent_dim, self.sigma, generator, device)
         with torch.no_grad(), eval_mode(self.model):
-            # The prior depends only on x: computed once, σ(x) included, then broadcast over draws.
-            prior = pset.condition(x).prior
-            mean, std = prior.mean.flatten(1), prior.std.flatten(1)
+            # The prior depends only on x: computed once, then broadcast over each chunk's draws.
+            cond = pset.condition(x)
             for first, inputs, draws in _chunks(count, n, batch_size):
                 rows = inputs * draws
-                u = noise.take(rows).to(mean.dtype).view(inputs, draws, -1)
                 span = slice(first, first + inputs)
-                z = torch.addcmul(mean[span].unsqueeze(1), u, std[span].unsqueeze(1))
-                x_rows = x[span].unsqueeze(1).expand(inputs, draws, *x.shape[1:]).reshape(rows, *x.shape[1:])
-                logits = self.model(pset.cvae.generate(z.view(rows, *pset.latent_shape), x_rows))
+                u = noise.take(rows).to(cond.prior.mean.dtype).view(inputs, draws, -1)
+                logits = self.model(cond.select(span).decode_draws(u))
                 votes = self._votes(logits, rows)
                 spatial = tuple(votes.shape[1:])
                 if counts is None:

@@ -380,6 +380,20 @@ class ConditionedSet:
         """g(μ(x) + u·σ(x), x): (N, C, H, W) in the data range, differentiable in u."""
         return self.pset.cvae.generate(self.latent(u), self.x)
 
+    def decode_draws(self, u: Tensor) -> Tensor:
+        """Many latent points per input, u (N, m, latent_dim) → g(μ(x) + u·σ(x), x), (N·m, C, H, W), input-major.
+
+        The prior is broadcast over the m draws and x expanded, not gathered row by row,
+        which is what Monte-Carlo smoothing needs for its thousands of draws per input.
+        """
+        if u.dim() != 3 or u.shape[0] != self.batch_size or u.shape[2] != self.pset.latent_dim:
+            raise ValueError(f"u has shape {tuple(u.shape)}; expected ({self.batch_size}, m, {self.pset.latent_dim})")
+        n, m = u.shape[0], u.shape[1]
+        mean, std = self.prior.mean.flatten(1).unsqueeze(1), self.prior.std.flatten(1).unsqueeze(1)
+        z = torch.addcmul(mean, u, std).view(n * m, *self.pset.latent_shape)
+        x = self.x.unsqueeze(1).expand(n, m, *self.x.shape[1:]).reshape(n * m, *self.x.shape[1:])
+        return self.pset.cvae.generate(z, x)
+
     def posterior(self, x_tilde: Tensor) -> Gaussian:
         """q(z | x, x̃) for the view's inputs and x̃ (N, C, H, W)."""
         self.pset.check_input(x_tilde, "x_tilde")
@@ -402,8 +416,8 @@ class ConditionedSet:
         """
         return self.pset.cvae.generate(self.posterior(x_tilde).rsample(noise), self.x)
 
-    def select(self, index: Tensor) -> "ConditionedSet":
-        """The view of the inputs ``index`` (M,) (repeats allowed), without recomputing the prior."""
+    def select(self, index: Tensor | slice) -> "ConditionedSet":
+        """The view of the inputs ``index`` ((M,) indices, repeats allowed, or a slice), without recomputing the prior."""
         return ConditionedSet(self.pset, self.x[index], Gaussian(self.prior.mean[index], self.prior.logvar[index]))
 
     def repeat(self, m: int) -> "ConditionedSet":

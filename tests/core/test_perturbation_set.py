@@ -567,3 +567,13 @@ def test_non_finite_latent_points_are_refused():
     x, _ = _data(n=2)
     with pytest.raises(ValueError, match="u contains NaN or Inf"):
         pset.perturb(x, torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [0.0] * 4]))
+
+
+def test_decode_draws_broadcasts_like_repeating_the_inputs():
+    pset = _pset(dtype=torch.float64)
+    x, _ = _data(n=3, dtype=torch.float64)
+    u = torch.randn(3, 4, 4, dtype=torch.float64)
+    cond = pset.condition(x)
+    torch.testing.assert_close(cond.decode_draws(u), cond.repeat(4).decode(u.reshape(12, 4)))
+    with pytest.raises(ValueError, match=r"expected \(3, m, 4\)"):
+        cond.decode_draws(u.reshape(12, 4))
