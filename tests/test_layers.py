@@ -17,7 +17,7 @@ PACKAGE = Path(perturbsets.__file__).parent
 
 LAYERS = (
     "_util",
-    "unet",
+    "unet geometry",
     "cvae classifiers",
     "core",
     "perturbations",

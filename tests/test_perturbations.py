@@ -284,18 +284,3 @@ def test_build_perturbation_errors():
         build_perturbation("linf", eps=0.3)
     with pytest.raises(ValueError, match="epsilon"):
         build_perturbation("linf", epsilon=0)
-
-
-def test_affine_sampling_grid_equals_affine_grid():
-    import torch.nn.functional as F
-
-    from perturbsets.perturbations import affine_sampling_grid, affine_theta, sample_rts_params
-
-    params = sample_rts_params(9, generator=torch.Generator().manual_seed(0))
-    for h, w in [(42, 42), (30, 50), (1, 7)]:
-        theta = affine_theta(params, h, w)
-        expected = F.affine_grid(theta, [9, 1, h, w], align_corners=False)
-        torch.testing.assert_close(affine_sampling_grid(theta, h, w), expected, rtol=0, atol=1e-5)
-        theta64 = theta.double()
-        expected64 = F.affine_grid(theta64, [9, 1, h, w], align_corners=False)
-        torch.testing.assert_close(affine_sampling_grid(theta64, h, w), expected64, rtol=0, atol=1e-12)

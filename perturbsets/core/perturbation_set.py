@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -23,7 +23,7 @@ from perturbsets._util.checks import positive_finite
 from perturbsets._util.io import atomic_path, write_json
 from perturbsets._util.locking import folder_lock
 from perturbsets._util.checkpoint import CheckpointError, read_safetensors, sha256_file, state_dict_sha256
-from perturbsets.cvae.model import CVAE, Gaussian
+from perturbsets.cvae.model import CVAE, Gaussian, output_activation
 from perturbsets.core.radius import LatentNormStats, RadiusSpec
 from perturbsets.core.latent import project, relative_encoding, sample_truncated_normal, to_latent
 from perturbsets.cvae.registry import build_cvae
@@ -345,14 +345,22 @@ class ConditionedSet:
         many = cond.repeat(16)                   # 16 draws per input, N·16 rows
     """
 
-    def __init__(self, pset: PerturbationSet, x: Tensor, prior: Gaussian) -> None:
+    def __init__(self, pset: PerturbationSet, x: Tensor, prior: Gaussian, context: tuple[Tensor, ...] | None = None) -> None:
         self.pset = pset
         self.x = x
         self.prior = prior
+        self._context = context
 
     @property
     def batch_size(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def context(self) -> tuple[Tensor, ...]:
+        """What the generator computes from x alone (:meth:`CVAE.generator_context`), on first use, once per view."""
+        if self._context is None:
+            self._context = self.pset.cvae.generator_context(self.x)
+        return self._context
 
     def _check_u(self, u: Tensor) -> Tensor:
         dim = self.pset.latent_dim
@@ -370,7 +378,10 @@ class ConditionedSet:
 
     def generate_logits(self, z: Tensor) -> Tensor:
         """The generator's output before its activation, for latent codes z (N, *latent_shape)."""
-        return self.pset.cvae.generator(z, self.x)
+        return self.pset.cvae.generator_logits(z, self.context)
+
+    def _activate(self, logits: Tensor) -> Tensor:
+        return output_activation(logits, self.pset.cvae.output)
 
     def decode_logits(self, u: Tensor) -> Tensor:
         """g's pre-activation output at z = μ(x) + u·σ(x): (N, C, H, W); what NLL metrics compare."""
@@ -378,21 +389,22 @@ class ConditionedSet:
 
     def decode(self, u: Tensor) -> Tensor:
         """g(μ(x) + u·σ(x), x): (N, C, H, W) in the data range, differentiable in u."""
-        return self.pset.cvae.generate(self.latent(u), self.x)
+        return self._activate(self.decode_logits(u))
 
     def decode_draws(self, u: Tensor) -> Tensor:
         """Many latent points per input, u (N, m, latent_dim) → g(μ(x) + u·σ(x), x), (N·m, C, H, W), input-major.
 
-        The prior is broadcast over the m draws and x expanded, not gathered row by row,
-        which is what Monte-Carlo smoothing needs for its thousands of draws per input.
+        The prior is broadcast over the m draws and the generator's context of x (computed
+        once per view) expanded, not recomputed or gathered row by row, which is what
+        Monte-Carlo smoothing needs for its thousands of draws per input.
         """
         if u.dim() != 3 or u.shape[0] != self.batch_size or u.shape[2] != self.pset.latent_dim:
             raise ValueError(f"u has shape {tuple(u.shape)}; expected ({self.batch_size}, m, {self.pset.latent_dim})")
         n, m = u.shape[0], u.shape[1]
         mean, std = self.prior.mean.flatten(1).unsqueeze(1), self.prior.std.flatten(1).unsqueeze(1)
         z = torch.addcmul(mean, u, std).view(n * m, *self.pset.latent_shape)
-        x = self.x.unsqueeze(1).expand(n, m, *self.x.shape[1:]).reshape(n * m, *self.x.shape[1:])
-        return self.pset.cvae.generate(z, x)
+        context = tuple(_each_row_repeated(t, m) for t in self.context)
+        return self._activate(self.pset.cvae.generator_logits(z, context))
 
     def posterior(self, x_tilde: Tensor) -> Gaussian:
         """q(z | x, x̃) for the view's inputs and x̃ (N, C, H, W)."""
@@ -414,15 +426,27 @@ class ConditionedSet:
 
         ``noise`` (N, *latent_shape) fixes the standard-normal draw of the reparameterisation.
         """
-        return self.pset.cvae.generate(self.posterior(x_tilde).rsample(noise), self.x)
+        return self._activate(self.generate_logits(self.posterior(x_tilde).rsample(noise)))
+
+    def _derived(self, rows: Callable[[Tensor], Tensor], *, context: tuple[Tensor, ...] | None = None) -> "ConditionedSet":
+        context = self._context if context is None else context
+        context = None if context is None else tuple(rows(t) for t in context)
+        return ConditionedSet(self.pset, rows(self.x), Gaussian(rows(self.prior.mean), rows(self.prior.logvar)), context)
 
     def select(self, index: Tensor | slice) -> "ConditionedSet":
         """The view of the inputs ``index`` ((M,) indices, repeats allowed, or a slice), without recomputing the prior."""
-        return ConditionedSet(self.pset, self.x[index], Gaussian(self.prior.mean[index], self.prior.logvar[index]))
+        return self._derived(lambda t: t[index])
 
     def repeat(self, m: int) -> "ConditionedSet":
         """Each input m times in a row (N·m rows: input 0 m times, then input 1…), e.g. for many draws per input."""
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
-        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731
-        return ConditionedSet(self.pset, rep(self.x), Gaussian(rep(self.prior.mean), rep(self.prior.logvar)))
+        # Repeated rows are decoded: compute the context on the N inputs, not on N·m copies.
+        return self._derived(lambda t: t.repeat_interleave(m, dim=0), context=self.context)
+
+
+def _each_row_repeated(t: Tensor, m: int) -> Tensor:
+    """Rows of t (N, ...) each m times in a row, (N·m, ...); for one row a stride-0 view, no copy."""
+    if t.shape[0] == 1:
+        return t.expand(m, *t.shape[1:])
+    return t.unsqueeze(1).expand(t.shape[0], m, *t.shape[1:]).reshape(t.shape[0] * m, *t.shape[1:])

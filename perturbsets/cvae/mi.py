@@ -133,8 +133,15 @@ class UNetGenerator(_Contracting):
         self.pool = [tuple(p) for p in pool]
         self.latent_dims = [int(v) for v in latent_dims]
 
+    def condition(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The encoder half's five feature maps of x, which every z reuses."""
+        return tuple(self.features(x))
+
     def forward(self, z: Tensor, x: Tensor) -> Tensor:
-        feats = self.features(x)
+        return self.decode(z, *self.condition(x))
+
+    def decode(self, z: Tensor, *feats: Tensor) -> Tensor:
+        """Logits (N, C, H, W) for z (N, Σ latent_dims) and the :meth:`condition` features of N inputs."""
         joined = []
         for i, (block, feat) in enumerate(zip(z.split(self.latent_dims, 1), feats)):
             zmap = self.fc[i](block).view(-1, 1, *self.pool[i])

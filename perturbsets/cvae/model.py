@@ -214,6 +214,21 @@ class CVAE(nn.Module):
         """g(z, x): the mean of p(x̃ | z, x), shape (N, C, H, W)."""
         return output_activation(self.generator(z, x), self.output)
 
+    def generator_context(self, x: Tensor) -> tuple[Tensor, ...]:
+        """What the generator computes from x alone, to reuse for every z: tensors of N rows.
+
+        A generator may define ``condition(x) -> tuple`` and ``decode(z, *context) -> logits``
+        (with ``forward(z, x) == decode(z, *condition(x))``) when part of its work does not
+        depend on z, e.g. the U-Net encoder of ``mi_unet``; otherwise the context is ``(x,)``.
+        """
+        condition = getattr(self.generator, "condition", None)
+        return tuple(condition(x)) if condition is not None else (x,)
+
+    def generator_logits(self, z: Tensor, context: tuple[Tensor, ...]) -> Tensor:
+        """The generator's logits (N, C, H, W) for z (N, *latent_shape) and a :meth:`generator_context` of N rows."""
+        decode = getattr(self.generator, "decode", None)
+        return decode(z, *context) if decode is not None else self.generator(z, *context)
+
     def forward(self, x: Tensor, x_tilde: Tensor, noise: Tensor | None = None) -> CVAEOutput:
         """Encode (x, x̃), draw z ~ q(z | x, x̃) by reparameterisation, decode g(z, x)."""
         prior = self.prior_params(x)

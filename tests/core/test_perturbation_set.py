@@ -577,3 +577,30 @@ def test_decode_draws_broadcasts_like_repeating_the_inputs():
     torch.testing.assert_close(cond.decode_draws(u), cond.repeat(4).decode(u.reshape(12, 4)))
     with pytest.raises(ValueError, match=r"expected \(3, m, 4\)"):
         cond.decode_draws(u.reshape(12, 4))
+
+
+def _tiny_mi_set() -> PerturbationSet:
+    torch.manual_seed(0)
+    cvae = build_cvae("mi_unet", input_shape=(3, 16, 24), chs=(4, 4, 4, 4, 4), latent_dim=(3, 2, 2, 1, 1), pool=((16, 24), (8, 12), (4, 6), (2, 3), (1, 1)))
+    return PerturbationSet(cvae.double(), radius=2.0)
+
+
+def test_generator_context_is_computed_once_per_view_and_decodes_like_the_plain_generator(monkeypatch):
+    pset = _tiny_mi_set()
+    gen = pset.cvae.generator
+    x = torch.rand(3, 3, 16, 24, dtype=torch.float64)
+    u = torch.randn(3, 9, dtype=torch.float64)
+    mu, logvar = pset.cvae.prior(x)
+    by_hand = torch.sigmoid(gen(mu + u * torch.exp(0.5 * logvar), x))
+    calls = []
+    original = gen.condition
+    monkeypatch.setattr(gen, "condition", lambda inp: calls.append(inp.shape[0]) or original(inp))
+    cond = pset.condition(x)
+    for _ in range(3):
+        torch.testing.assert_close(cond.decode(u), by_hand)
+    assert calls == [3]  # the U-Net's encoder half ran once for three decodes
+    many = torch.randn(3, 4, 9, dtype=torch.float64)
+    torch.testing.assert_close(cond.decode_draws(many), cond.repeat(4).decode(many.reshape(12, 9)))
+    one = cond.select(slice(1, 2))
+    torch.testing.assert_close(one.decode_draws(many[1:2]), pset.condition(x[1:2]).repeat(4).decode(many[1].reshape(4, 9)))
+    assert calls == [3, 1]  # views derived after the first decode reuse its context; a fresh view computes its own

@@ -102,33 +102,90 @@ def test_concatenation_order_conditioning_image_first():
 def test_spatial_transformer_starts_at_identity():
     torch.manual_seed(0)
     stn = SpatialTransformer((12, 12))
-    images = torch.rand(3, 1, 12, 12)
-    loc = torch.randn(3, 1, 12, 12)
-    out = stn(images, loc)
-    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+    theta = stn(torch.randn(3, 1, 12, 12))
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(3, 2, 3), atol=0, rtol=0)
 
 
 def test_stn_generator_transformers_start_at_identity():
     torch.manual_seed(0)
     cvae = build_cvae("mnist_stn", input_shape=(1, 12, 12), latent_dim=8).eval()
     x = torch.rand(2, 1, 12, 12)
-    loc = cvae.generator.fc(torch.randn(2, 8)).view(2, 1, 12, 12)
-    for stn in cvae.generator.stns:
-        warped = stn(x, loc)
-        torch.testing.assert_close(warped[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
-        torch.testing.assert_close(warped, x, atol=1e-5, rtol=0)
+    gen = cvae.generator
+    gen.block, gen.conv = torch.nn.Identity(), _tap(5, 1, channel=3)
+    torch.testing.assert_close(gen(torch.randn(2, 8), x), x, atol=1e-5, rtol=0)
 
 
-def test_spatial_transformer_translation_uses_border_padding():
-    stn = SpatialTransformer((4, 4))
+def _tap(in_channels: int, out_channels: int, channel: int) -> torch.nn.Conv2d:
+    """A 5×5 convolution that copies input channel ``channel`` (its centre tap), for reading a generator's warps."""
+    conv = torch.nn.Conv2d(in_channels, out_channels, 5)
     with torch.no_grad():
-        # shift the sampling grid by one pixel to the right (x' = x + 2/W in normalised coords)
-        stn.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.0]))
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:, channel, 2, 2] = 1
+    return conv
+
+
+def test_stn_generator_translation_uses_border_padding():
+    cvae = build_cvae("mnist_stn", input_shape=(1, 4, 4), latent_dim=2, n_transformers=2)
+    gen = cvae.generator
+    gen.block, gen.conv = torch.nn.Identity(), _tap(2, 1, channel=1)
+    with torch.no_grad():
+        # shift transformer 1's sampling grid one pixel right (x' = x + 2/W in normalised coords)
+        gen.stns[1].fc.bias.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.0]))
     img = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
-    out = stn(img, torch.zeros(1, 1, 4, 4))
     # each output pixel reads the input one column to the right; the last column is clamped
     expected = torch.cat([img[..., 1:], img[..., -1:]], dim=-1)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    for frozen in (False, True):
+        cvae.requires_grad_(not frozen)
+        torch.testing.assert_close(gen(torch.randn(1, 2), img), expected, atol=1e-5, rtol=0)
+
+
+def _trained_like_stn(seed: int = 0):
+    torch.manual_seed(seed)
+    cvae = build_cvae("mnist_stn", input_shape=(1, 14, 14), latent_dim=6, n_transformers=3).eval()
+    with torch.no_grad():
+        for p in cvae.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a fresh STN's last layer is zero: make the warps depend on z
+    return cvae
+
+
+def test_stn_generator_frozen_fold_equals_layer_by_layer():
+    cvae = _trained_like_stn()
+    gen = cvae.generator
+    z, x = torch.randn(5, 6, dtype=torch.float64), torch.rand(5, 1, 14, 14, dtype=torch.float64)
+    cvae.double()
+    # Reference: the layers one by one, as written in the paper's architecture.
+    loc = gen.fc(z).view(5, 1, 14, 14)
+    theta = torch.stack([stn.fc(stn.localization(loc)).view(5, 2, 3) for stn in gen.stns], 1)
+    warped = torch.cat(
+        [F.grid_sample(x, F.affine_grid(theta[:, t], [5, 1, 14, 14], align_corners=False), padding_mode="border", align_corners=False) for t in range(3)],
+        dim=1,
+    )
+    expected = gen.conv(F.pad(gen.block(warped), (2, 2, 2, 2), mode="reflect"))
+    torch.testing.assert_close(gen(z, x), expected, rtol=0, atol=1e-10)  # trainable: layer by layer
+    cvae.requires_grad_(False)
+    torch.testing.assert_close(gen(z, x), expected, rtol=0, atol=1e-10)  # frozen: the folded product
+    with torch.no_grad():
+        torch.testing.assert_close(gen(z, x), expected, rtol=0, atol=1e-10)
+
+
+def test_stn_generator_fold_gradient_in_z_and_cache_invalidation():
+    cvae = _trained_like_stn().double().requires_grad_(False)
+    gen = cvae.generator
+    x = torch.rand(3, 1, 14, 14, dtype=torch.float64)
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda v: gen(v, x), (z,))
+    before = gen(z, x).detach()
+    with torch.no_grad():
+        gen.stns[0].localization[1].weight.mul_(1.5)  # an in-place update, as an optimizer step makes
+    after = gen(z, x).detach()
+    cvae.requires_grad_(True)
+    torch.testing.assert_close(after, gen(z, x).detach(), rtol=0, atol=1e-10)
+    assert not torch.allclose(before, after)
+    other = _trained_like_stn(seed=1).double()
+    cvae.load_state_dict(other.state_dict())
+    cvae.requires_grad_(False)
+    torch.testing.assert_close(gen(z, x).detach(), other.generator(z, x).detach(), rtol=0, atol=1e-10)
 
 
 def test_build_cvae_unknown_name_suggests_nearest():
