@@ -21,6 +21,9 @@ its rows (:class:`~perturbsets.training.distributed.StepDraws`): the latent samp
 perturbations, joint augmentation — are read as the whole seeded global batch on every
 process. So no draw depends on the number of processes, and a resumed run repeats its epochs.
 Validation draws from its own generator, seeded by the seed alone, on every process.
+
+Adversarial training logs a grid of clean validation inputs over their adversarial
+examples every ``training.sample_every`` epochs (:func:`adversarial_grid`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +48,7 @@ from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.training.cvae import make_adam
 from perturbsets.training.distributed import StepDraws
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
+from perturbsets.training.samples import first_pairs, grid_image
 
 
 def make_attack(
@@ -143,6 +148,24 @@ def require_labels(batch: PairBatch) -> Tensor:
     return batch.y
 
 
+def adversarial_grid(config: RobustConfig, transform: InputTransform, splits: DataSplits, device) -> Callable[[], np.ndarray] | None:
+    """Adversarial training's sample grid: the first validation inputs (top row) over their
+    adversarial examples at the full radius against the model as it is (bottom row), an
+    (H, W, 3) image in [0, 1]; ``None`` in the other modes or with ``training.sample_every`` 0."""
+    if config.training.mode != "cvae_adversarial" or not config.training.sample_every:
+        return None
+    pset = transform.pset
+    assert pset is not None  # the config requires a set in this mode
+
+    def grid() -> np.ndarray:
+        pairs = first_pairs(splits.val, config.seed, device)
+        # The random starts come from the same seeded draws at every epoch.
+        draws = StepDraws(seeded_generator(config.seed, 0, Stream.SAMPLE_GRID, device=device))
+        return grid_image(torch.stack([pairs.x, transform(pairs, draws)]), pset.value_range)
+
+    return grid
+
+
 def robust_train(
     config: RobustConfig, splits: DataSplits, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> RobustTrainResult:
@@ -203,5 +226,6 @@ def robust_train(
         device=device,
         resume=resume,
         progress=progress,
+        sample_grid=adversarial_grid(config, transform, splits, device),
     )
     return RobustTrainResult(model, result.history, result.best_epoch, out_dir)
