@@ -140,7 +140,8 @@ def train_cvae(
     """Train the CVAE described by ``config`` on ``splits`` (train, and val for selection) into ``out_dir``.
 
     ``out_dir`` receives ``config.yaml`` (the resolved config), ``history.json``,
-    ``checkpoints/`` and the sample grids ``samples/`` (``training.sample_every``). With ``resume`` the run continues from ``checkpoints/latest.safetensors``.
+    ``checkpoints/`` and the sample grids ``samples/`` (``training.sample_every``). With
+    ``resume`` the run continues from ``checkpoints/latest.safetensors``.
     """
     out_dir = Path(out_dir)
     prepare_run(out_dir, resume)
@@ -165,7 +166,6 @@ def train_cvae(
     def validate() -> dict[str, float]:
         loss, recon, kl = validation_loss(cvae, splits.val, config, device)
         return {"val_loss": loss, "val_reconstruction": recon, "val_kl": kl}
-
 
     result = fit(
         cvae,
