@@ -52,6 +52,8 @@ class Stream(IntEnum):
     ADVERSARIAL_MAPS = 23
     SMOOTHED_PERTURBED = 29
     SMOOTHED_OOD = 31
+    # The fixed draws of the sample grids logged during training, keyed (seed, 0, stream).
+    SAMPLE_GRID = 37
 
 
 def derive_seed(*keys: int) -> int:

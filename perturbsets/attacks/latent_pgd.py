@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,12 @@ class LatentPGD(Attack):
             over all iterates).
         pixel_fraction: segmentation only, fraction of wrong pixels that counts as success.
         generator: torch generator for the random starts.
+        draw_rows: how the random starts of a batch of n examples are drawn: called as
+            ``draw_rows(draw, n)``, where ``draw(m)`` returns m starts (m, latent_dim), it
+            returns the batch's n rows. ``None``: ``draw(n)``. Data-parallel training passes
+            :meth:`perturbsets.training.distributed.StepDraws.per_example`, which draws the
+            starts of the whole global batch and keeps this process's rows, so the starts
+            do not depend on the number of processes.
 
     Call: ``attack(x, y) -> AttackOutput(x_adv (N, C, H, W), u (N, latent_dim))``.
 
@@ -72,6 +79,7 @@ class LatentPGD(Attack):
         allow_larger_radius: bool = False,
         ignore_index: int = IGNORE_INDEX,
         generator: torch.Generator | None = None,
+        draw_rows: Callable[[Callable[[int], Tensor], int], Tensor] | None = None,
     ) -> None:
         super().__init__(model, perturbation_set, ignore_index=ignore_index)
         eps = perturbation_set.radius if eps is None else positive_finite(eps, "eps")
@@ -100,6 +108,7 @@ class LatentPGD(Attack):
         self.select = select
         self.pixel_fraction = pixel_fraction
         self.generator = generator
+        self.draw_rows = draw_rows
 
     def _success(self, logits: Tensor, y: Tensor) -> Tensor:
         err = per_example_error(logits, y, self.ignore_index)
@@ -126,12 +135,12 @@ class LatentPGD(Attack):
 
         best: AscentResult | None = None
         warned = False
+        draw = lambda m: sample_uniform_ball(m, dim, self.eps, self.generator, device=x.device, dtype=x.dtype)  # noqa: E731
         for _ in range(self.restarts):
-            start = (
-                sample_uniform_ball(n, dim, self.eps, self.generator, device=x.device, dtype=x.dtype)
-                if self.random_start
-                else torch.zeros(n, dim, device=x.device, dtype=x.dtype)
-            )
+            if not self.random_start:
+                start = torch.zeros(n, dim, device=x.device, dtype=x.dtype)
+            else:
+                start = draw(n) if self.draw_rows is None else self.draw_rows(draw, n)
             result = projected_ascent(
                 objective, start, self.eps, self.steps, self.step_size,
                 select=self.select, early_stop=self.early_stop,

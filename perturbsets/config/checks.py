@@ -33,3 +33,9 @@ def check_loop(t: Any) -> None:
     require(t.batch_size >= 1, "batch_size must be >= 1")
     require(t.weight_decay >= 0, "weight_decay must be >= 0")
     require(t.select in ("best", "latest"), f"select must be 'best' or 'latest', got {t.select!r}")
+    every = t.sample_every
+    require(
+        isinstance(every, int) and not isinstance(every, bool) and every >= 0,
+        f"sample_every must be a whole number of epochs >= 0, got {every!r}: e.g. 10 logs a sample grid every "
+        "10 epochs and after the last, 0 logs none",
+    )

@@ -157,6 +157,9 @@ class TrainingConfig:
     channels_last: store the convolution weights channels-last (the convolutions then run
         channels-last); faster for the few-channel convolutions of ``mnist_stn`` on CPU
         (about 1.3× on 2 cores) and for most CUDA models.
+    sample_every: every this many epochs, and after the last, write a grid of the first 8
+        validation pairs — x, x̃, the reconstruction and samples of the set — to
+        ``samples/epoch_NNNN.png`` (and TensorBoard); 0: never. A resume may change it.
     """
 
     epochs: int = 100
@@ -169,6 +172,7 @@ class TrainingConfig:
     channels_last: bool = False
     amp: bool = False
     init_from: str | None = None
+    sample_every: int = 10
 
     def __post_init__(self) -> None:
         check_loop(self)

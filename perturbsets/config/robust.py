@@ -84,6 +84,9 @@ class RobustTrainingConfig:
         the inputs of the mode) or ``latest``.
     channels_last: run the model and the perturbation set's convolutions channels-last (on
         2 CPU cores, 1.2× faster latent PGD and 1.4× faster sampling through ``mnist_stn``).
+    sample_every: ``cvae_adversarial`` only: every this many epochs, and after the last, write
+        a grid of the first 8 validation inputs over their adversarial examples at the full
+        radius to ``samples/epoch_NNNN.png`` (and TensorBoard); 0: never.
     """
 
     mode: str = "standard"
@@ -99,6 +102,7 @@ class RobustTrainingConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     sigma: float = 1.0
     amp: bool = False
+    sample_every: int = 10
 
     def __post_init__(self) -> None:
         if self.mode not in ROBUST_MODES:

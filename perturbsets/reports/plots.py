@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import gaussian_kde
 
+from perturbsets._util.images import tile_images
 from perturbsets._util.io import atomic_path
 
 __all__ = [
@@ -100,13 +101,7 @@ def image_grid(images: Any, *, pad: int = _GRID_PAD, pad_value: float = 1.0) -> 
         raise ValueError(f"pad must be a non-negative int, got {pad!r}")
     if not 0.0 <= pad_value <= 1.0:
         raise ValueError(f"pad_value must be in [0, 1], got {pad_value!r}")
-    R, K, C, H, W = arr.shape
-    cells = np.full((R, K, H + pad, W + pad, 3), pad_value, dtype=np.float32)
-    # Broadcasting over the channel axis turns grayscale into three equal channels.
-    cells[:, :, :H, :W, :] = np.clip(arr, 0.0, 1.0).transpose(0, 1, 3, 4, 2)
-    grid = cells.transpose(0, 2, 1, 3, 4).reshape(R * (H + pad), K * (W + pad), 3)
-    # Each cell carries its separator on the bottom/right; the last row and column don't need one.
-    return grid[: R * (H + pad) - pad, : K * (W + pad) - pad]
+    return tile_images(arr, pad, pad_value)
 
 
 def _grid_figure(images: np.ndarray, col_labels: Sequence[str], title: str | None) -> Figure:

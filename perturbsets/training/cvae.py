@@ -33,6 +33,7 @@ from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.pairs.paired import PairedData
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
 from perturbsets.training.distributed import StepDraws
+from perturbsets.training.samples import CVAESampleGrid
 
 
 @dataclass
@@ -138,8 +139,9 @@ def train_cvae(
 ) -> TrainResult:
     """Train the CVAE described by ``config`` on ``splits`` (train, and val for selection) into ``out_dir``.
 
-    ``out_dir`` receives ``config.yaml`` (the resolved config), ``history.json`` and
-    ``checkpoints/``. With ``resume`` the run continues from ``checkpoints/latest.safetensors``.
+    ``out_dir`` receives ``config.yaml`` (the resolved config), ``history.json``,
+    ``checkpoints/`` and the sample grids ``samples/`` (``training.sample_every``). With
+    ``resume`` the run continues from ``checkpoints/latest.safetensors``.
     """
     out_dir = Path(out_dir)
     prepare_run(out_dir, resume)
@@ -177,5 +179,6 @@ def train_cvae(
         device=device,
         resume=resume,
         progress=progress,
+        sample_grid=CVAESampleGrid(cvae, splits.val, config.seed, device) if tc.sample_every else None,
     )
     return TrainResult(cvae, splits, result.history, result.best_epoch, result.best_value, out_dir, device)

@@ -1,9 +1,10 @@
-"""Per-epoch logs a researcher can watch while a run trains: JSON, JSON Lines, CSV and TensorBoard.
+"""Per-epoch logs a researcher can watch while a run trains: JSON, JSON Lines, CSV, sample grids and TensorBoard.
 
 The checkpoint's history is the source of truth: after every epoch the three text logs are
 rewritten from it atomically, so after a kill and ``--resume`` they always agree with the
-checkpoint. TensorBoard (an optional extra, ``pip install -e ".[tensorboard]"``) receives
-each epoch's scalars as it ends; a resumed run purges the events of epochs it repeats.
+checkpoint. Sample grids (:mod:`perturbsets.training.samples`) are PNGs in ``samples/``.
+TensorBoard (an optional extra, ``pip install -e ".[tensorboard]"``) receives each epoch's
+scalars as it ends, and the sample grids; a resumed run purges the events of epochs it repeats.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from perturbsets._util.images import write_png
 from perturbsets._util.io import write_json, write_text
 
 __all__ = ["RunLog", "tensorboard_available"]
@@ -23,6 +27,7 @@ HISTORY = "history.json"
 JSONL = "history.jsonl"
 CSV = "history.csv"
 TENSORBOARD = "tensorboard"
+SAMPLES = "samples"
 
 
 def tensorboard_available() -> bool:
@@ -64,6 +69,16 @@ class RunLog:
                 if key != "epoch" and isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, row["epoch"])
             self._writer.flush()
+
+    def sample_grid(self, grid: np.ndarray, epoch: int) -> Path:
+        """Log the sample grid (H, W, 3) in [0, 1] made after ``epoch`` (0-based): ``samples/epoch_NNNN.png``
+        with NNNN = ``epoch + 1`` (the epochs done), and the image ``samples`` at step ``epoch`` in TensorBoard."""
+        path = self.out_dir / SAMPLES / f"epoch_{epoch + 1:04d}.png"
+        write_png(path, grid)
+        if self._writer is not None:
+            self._writer.add_image(SAMPLES, grid, epoch, dataformats="HWC")
+            self._writer.flush()
+        return path
 
     def close(self) -> None:
         if self._writer is not None:

@@ -43,15 +43,19 @@ from perturbsets.training.distributed import (
     prepare_model,
     sum_over_ranks,
 )
-from perturbsets.training.logs import RunLog
+from perturbsets.training.logs import SAMPLES, RunLog
+from perturbsets.training.samples import sample_due
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
 # Per-epoch figures that depend on the machine's load, not on the seed.
 TIMING_KEYS = ("seconds", "pairs_per_second")
-# Where a run's writers put files atomically: the run folder, its checkpoints, the report's
-# figures and the certificates of an evaluation.
-WRITTEN_FOLDERS = (".", "checkpoints", "figures", "certify")
+# Where a run's writers put files atomically: the run folder, its checkpoints, the sample
+# grids, the report's figures and the certificates of an evaluation.
+WRITTEN_FOLDERS = (".", "checkpoints", SAMPLES, "figures", "certify")
+# Training settings of what is logged, not of what is trained: a resume may change them, and
+# a run checkpointed before one of them existed still resumes.
+LOGGING_KEYS = ("sample_every",)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -173,6 +177,13 @@ def run_folder(out_dir: str | Path, resume: bool | None = None) -> Iterator[Path
         yield out_dir
 
 
+def _trained(config: Any) -> Any:
+    """A saved config without its :data:`LOGGING_KEYS`: the part a resume must match."""
+    if not isinstance(config, dict) or not isinstance(config.get("training"), dict):
+        return config
+    return {**config, "training": {k: v for k, v in config["training"].items() if k not in LOGGING_KEYS}}
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -187,6 +198,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     prefetch_batches: int = 2,
+    sample_grid: Callable[[], np.ndarray] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``config.training.epochs`` epochs and leave the selected checkpoint loaded.
 
@@ -206,6 +218,9 @@ def fit(
         monitor: the key of ``validate``'s result that selects the best epoch (lower is
             better), e.g. ``val_loss``; the checkpoint state records it as ``best_<monitor>``.
         prefetch_batches: batches read ahead in a background thread (0 = none).
+        sample_grid: makes the run's sample grid, (H, W, 3) in [0, 1], from the model as it
+            is; logged after the epochs ``training.sample_every`` selects
+            (:func:`~perturbsets.training.samples.sample_due`), by rank 0 alone. ``None``: no grids.
 
     Under ``torchrun`` every process runs this with the same arguments: each trains on its
     rows of every global batch, gradients are summed over the processes, and only rank 0
@@ -227,7 +242,7 @@ def fit(
         start, best_val, best_epoch, history = 0, math.inf, -1, []
         if resume:
             state = load_checkpoint(latest, model, optimizer)
-            if state.get("config") != config_dict:
+            if _trained(state.get("config")) != _trained(config_dict):
                 raise ValueError(
                     f"the config differs from the one {out_dir} was trained with; resume with the saved {out_dir / 'config.yaml'}"
                 )
@@ -301,6 +316,10 @@ def fit(
             if improved:
                 best_val, best_epoch = val[monitor], epoch
             state = {"epoch": epoch, best_key: best_val, "best_epoch": best_epoch, "history": history, "config": config_dict}
+            if log is not None and sample_grid is not None and sample_due(epoch, epochs, tc.sample_every):
+                # Before the checkpoint: a kill between the two repeats this epoch on resume,
+                # which writes the same grid again, so every checkpointed epoch has its grid.
+                log.sample_grid(sample_grid(), epoch)
             if log is not None:
                 if improved:
                     save_checkpoint(ckpt_dir / BEST, model, None, state)

@@ -12,6 +12,18 @@ One loop, five modes:
 
 The best epoch is the one of lowest validation error (``val_error``) on the inputs of the
 run's own mode.
+
+What is keyed: every random draw of a training step comes from the step's generator,
+seeded by (seed, epoch), and is drawn for the whole global batch before this process keeps
+its rows (:class:`~perturbsets.training.distributed.StepDraws`): the latent samples of
+``cvae_augment``, the noise of ``smoothing`` and the random starts of the attack
+(``attack.random_start``/``restarts``). The pairs themselves — shuffle, on-the-fly
+perturbations, joint augmentation — are read as the whole seeded global batch on every
+process. So no draw depends on the number of processes, and a resumed run repeats its epochs.
+Validation draws from its own generator, seeded by the seed alone, on every process.
+
+Adversarial training logs a grid of clean validation inputs over their adversarial
+examples every ``training.sample_every`` epochs (:func:`adversarial_grid`).
 """
 
 from __future__ import annotations
@@ -19,8 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,14 +48,25 @@ from perturbsets.pairs.batch import DataSplits, PairBatch
 from perturbsets.training.cvae import make_adam
 from perturbsets.training.distributed import StepDraws
 from perturbsets.training.loop import StepOutput, fit, prepare_run, resolve_device
+from perturbsets.training.samples import first_pairs, grid_image
 
 
-def make_attack(model: nn.Module, pset: PerturbationSet, cfg: AttackConfig, eps: float, generator) -> LatentPGD:
-    """Latent PGD against ``model`` at radius ``eps`` with the settings of ``cfg``."""
+def make_attack(
+    model: nn.Module, pset: PerturbationSet, cfg: AttackConfig, eps: float, generator: torch.Generator | StepDraws | None
+) -> LatentPGD:
+    """Latent PGD against ``model`` at radius ``eps`` with the settings of ``cfg``.
+
+    ``generator`` draws the random starts (``cfg.random_start``); a training step passes its
+    :class:`StepDraws`, so the starts are drawn for the whole global batch and sliced to
+    this process's rows, as every other draw of the step.
+    """
     step = cfg.step_size if cfg.step_size is not None else eps / cfg.step_divisor
+    draws = generator if isinstance(generator, StepDraws) else None
     return LatentPGD(
         model, pset, eps, cfg.steps, step, cfg.random_start,
-        restarts=cfg.restarts, early_stop=cfg.early_stop, select=cfg.select, generator=generator,
+        restarts=cfg.restarts, early_stop=cfg.early_stop, select=cfg.select,
+        generator=draws.generator if draws is not None else generator,
+        draw_rows=draws.per_example if draws is not None else None,
     )  # fmt: skip
 
 
@@ -59,9 +83,8 @@ class InputTransform:
     def __call__(self, batch: PairBatch, draws: StepDraws, epoch: float = math.inf) -> Tensor:
         """``epoch`` (fractional) sets the attack radius during ``attack.warmup_epochs``.
 
-        Latent draws are made for the whole global batch (``draws``), so data-parallel runs
-        see the single-process draws; an attack's random starts (``attack.random_start``,
-        off in Algorithm 1) are drawn per rank.
+        Every draw — latent samples, smoothing noise, an attack's random starts — is made
+        for the whole global batch (``draws``), so data-parallel runs see the single-process draws.
         """
         mode, pset = self.mode, self.pset
         if mode == "standard":
@@ -88,7 +111,7 @@ class InputTransform:
         eps = self.eps * min(1.0, epoch / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else self.eps
         if eps <= 0:
             return batch.x
-        return make_attack(self.model, pset, cfg, eps, gen)(batch.x, batch.y).x_adv
+        return make_attack(self.model, pset, cfg, eps, draws)(batch.x, batch.y).x_adv
 
 
 @dataclass
@@ -123,6 +146,24 @@ def require_labels(batch: PairBatch) -> Tensor:
     if batch.y is None:
         raise ValueError("robust training and evaluation need labels; the data has none (give y / a labelled source)")
     return batch.y
+
+
+def adversarial_grid(config: RobustConfig, transform: InputTransform, splits: DataSplits, device) -> Callable[[], np.ndarray] | None:
+    """Adversarial training's sample grid: the first validation inputs (top row) over their
+    adversarial examples at the full radius against the model as it is (bottom row), an
+    (H, W, 3) image in [0, 1]; ``None`` in the other modes or with ``training.sample_every`` 0."""
+    if config.training.mode != "cvae_adversarial" or not config.training.sample_every:
+        return None
+    pset = transform.pset
+    assert pset is not None  # the config requires a set in this mode
+
+    def grid() -> np.ndarray:
+        pairs = first_pairs(splits.val, config.seed, device)
+        # The random starts come from the same seeded draws at every epoch.
+        draws = StepDraws(seeded_generator(config.seed, 0, Stream.SAMPLE_GRID, device=device))
+        return grid_image(torch.stack([pairs.x, transform(pairs, draws)]), pset.value_range)
+
+    return grid
 
 
 def robust_train(
@@ -185,5 +226,6 @@ def robust_train(
         device=device,
         resume=resume,
         progress=progress,
+        sample_grid=adversarial_grid(config, transform, splits, device),
     )
     return RobustTrainResult(model, result.history, result.best_epoch, out_dir)
