@@ -42,9 +42,12 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(mid, channels, kernel, padding=padding, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(torch.relu(self.bn1(x)))
-        h = self.conv2(torch.relu(self.bn2(h)))
-        return x + h
+        # In place where autograd allows it (BatchNorm's backward needs its input, not its
+        # output; a convolution's needs its input, not its output): fewer fresh activations
+        # per step, which on the CPU are page faults.
+        h = self.conv1(torch.relu_(self.bn1(x)))
+        h = self.conv2(torch.relu_(self.bn2(h)))
+        return h.add_(x)
 
 
 def _trunk(in_channels: int, out_channels: int, nblocks: int, big_ch: int, small_ch: int, kernel: int, padding: int, *, final_bn: bool) -> nn.Sequential:
@@ -54,9 +57,9 @@ def _trunk(in_channels: int, out_channels: int, nblocks: int, big_ch: int, small
     """
     layers: list[nn.Module] = [nn.Conv2d(in_channels, big_ch, kernel, padding=padding, bias=False)]
     layers += [ResidualBlock(big_ch, small_ch, kernel, padding) for _ in range(nblocks)]
-    layers += [nn.BatchNorm2d(big_ch), nn.ReLU(), nn.Conv2d(big_ch, out_channels, kernel, padding=padding, bias=False)]
+    layers += [nn.BatchNorm2d(big_ch), nn.ReLU(inplace=True), nn.Conv2d(big_ch, out_channels, kernel, padding=padding, bias=False)]
     if final_bn:
-        layers += [nn.BatchNorm2d(out_channels), nn.ReLU()]
+        layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

@@ -120,8 +120,8 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.pad(F.relu(self.bn1(x)), (2, 2, 2, 2), mode="reflect"))
-        return self.conv2(F.pad(F.relu(self.bn2(h)), (2, 2, 2, 2), mode="reflect"))
+        h = self.conv1(F.pad(torch.relu_(self.bn1(x)), (2, 2, 2, 2), mode="reflect"))
+        return self.conv2(F.pad(torch.relu_(self.bn2(h)), (2, 2, 2, 2), mode="reflect"))
 
 
 class STNEncoder(nn.Module):
