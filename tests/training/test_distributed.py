@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
@@ -19,7 +16,7 @@ from perturbsets.training.loop import TIMING_KEYS
 from perturbsets.workflows.robust import run_robust_training
 from perturbsets.workflows.sources import load_splits
 
-from builders import labelled_pairs, robust_config, save_robust_set
+from builders import as_rank, free_port, labelled_pairs, robust_config, save_robust_set
 
 
 def _config() -> Config:
@@ -34,34 +31,15 @@ def _config() -> Config:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_rank(rank: int, world: int, port: int, run) -> None:
-    """Run ``run()`` as rank ``rank`` of a torchrun-like launch (the environment torchrun sets)."""
-    os.environ.update(
-        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    torch.set_num_threads(1)
-    try:
-        run()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     config = _config()
-    _as_rank(rank, world, port, lambda: train_cvae(config, load_splits(config.data, config.seed), out, progress=False))
+    as_rank(rank, world, port, lambda: train_cvae(config, load_splits(config.data, config.seed), out, progress=False))
 
 
 def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
     config = _config()
     single = train_cvae(config, load_splits(config.data, config.seed), tmp_path / "one", progress=False)
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
     reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
     weights = [k for k in reference if k.startswith("model.")]
@@ -98,7 +76,7 @@ def test_draws_are_made_for_the_global_batch_and_sliced():
 
 def _robust_rank(rank: int, world: int, port: int, set_dir: str, out: str) -> None:
     config = robust_config(set_dir, "cvae_augment")
-    _as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
+    as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
 
 
 @pytest.mark.slow
@@ -106,8 +84,9 @@ def test_robust_training_in_two_processes_reaches_the_single_process_weights(tmp
     """CVAE augmentation draws its latent samples for the global batch; digits_cnn has no BatchNorm."""
     set_dir = save_robust_set(tmp_path / "set")
     run_robust_training(robust_config(set_dir, "cvae_augment"), tmp_path / "one", data=labelled_pairs(), progress=False)
-    mp.spawn(_robust_rank, args=(2, _free_port(), str(set_dir), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_robust_rank, args=(2, free_port(), str(set_dir), str(tmp_path / "two")), nprocs=2, join=True)
     ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
     reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
     for key in (k for k in reference if k.startswith("model.")):
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
