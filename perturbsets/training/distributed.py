@@ -16,6 +16,10 @@ become SyncBatchNorm (statistics of the global batch, as one process computes th
 has no SyncBatchNorm, so on CPU each rank normalises with its own rows — equal to one
 process only for models without BatchNorm. Without ``torchrun`` (no ``WORLD_SIZE`` in the
 environment) everything here is the identity.
+
+After training every rank evaluates: :class:`World` is a
+:class:`~perturbsets._util.sharding.BatchShard`, and :func:`share_weights` first gives
+every rank rank 0's weights and BatchNorm statistics.
 """
 
 from __future__ import annotations

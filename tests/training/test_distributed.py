@@ -13,6 +13,8 @@ from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, 
 from perturbsets.training.cvae import train_cvae
 from perturbsets.training.distributed import StepDraws, World
 from perturbsets.training.loop import TIMING_KEYS
+from perturbsets.core.quality import METRICS
+from perturbsets.workflows.learn import SET_DIR, evaluate_saved_set, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_training
 from perturbsets.workflows.sources import load_splits
 
@@ -90,3 +92,16 @@ def test_robust_training_in_two_processes_reaches_the_single_process_weights(tmp
     for key in (k for k in reference if k.startswith("model.")):
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
+
+
+def _learn_rank(rank: int, world: int, port: int, out: str) -> None:
+    as_rank(rank, world, port, lambda: learn_perturbation_set(_config(), out, progress=False))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_learn_a_set_whose_quality_is_what_one_process_measures_of_it(tmp_path):
+    """Both ranks evaluate rank 0's set after training, each its share of the batches; rank 0 saves and writes."""
+    mp.spawn(_learn_rank, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    written = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    again = evaluate_saved_set(tmp_path / "two" / SET_DIR, _config(), tmp_path / "again", progress=False).to_dict()
+    assert {k: written[k] for k in METRICS} == {k: again[k] for k in METRICS}
