@@ -2,7 +2,9 @@
 
 Every process reads every evaluation batch (loading is cheap next to 50-step attacks) and
 computes the batches it owns; the per-batch results are then gathered and put back in
-batch order, so the metrics are those of one process computing every batch. Randomness
+batch order (:meth:`BatchShard.gather`; integer counts may simply be summed over the
+processes, :meth:`BatchShard.everyone`), so the metrics are those of one process
+computing every batch. Randomness
 shared across batches stays exact because a process *replays* the draws of the batches it
 skips (the evaluation functions know how). Without ``torch.distributed`` the split is one
 process owning everything, and gathering is the identity.
@@ -55,13 +57,17 @@ class BatchShard:
                 skip(batch)
         return out
 
+    def everyone(self, value: T) -> list[T]:
+        """Every process's ``value`` (picklable), in rank order, on every process (a collective)."""
+        if self.size == 1:
+            return [value]
+        out: list = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
+
     def gather(self, parts: dict[int, T]) -> list[T]:
         """Every process's ``{batch index: result}`` as one list in batch order, on every process (a collective)."""
-        if self.size == 1:
-            return in_batch_order([parts])
-        everyone: list = [None] * self.size
-        dist.all_gather_object(everyone, parts)
-        return in_batch_order(everyone)
+        return in_batch_order(self.everyone(parts))
 
 
 def in_batch_order(parts: Iterable[dict[int, T]]) -> list[T]:

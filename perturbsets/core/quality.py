@@ -194,16 +194,15 @@ def quality_batches(
     pset: PerturbationSet,
     batches: Iterable[PairLike],
     *,
-    steps: int = 50,
-    step_size: float | None = None,
     eae_samples: int = 5,
-    metric: str = "nll",
     seed: int = 0,
     shard: BatchShard = BatchShard(),
     progress: bool = False,
+    **options,
 ) -> dict[int, dict[str, np.ndarray]]:
     """:func:`approximation_errors` of the batches ``shard`` owns: ``{batch index: {metric: (N,) float64}}``.
 
+    ``options`` are :func:`approximation_errors`' ``steps``, ``step_size`` and ``metric``.
     One generator seeded by ``seed`` serves the batches in order; a batch owned by another
     process has its draws made and discarded, so every owned batch sees the draws it sees
     when one process evaluates everything.
@@ -216,9 +215,7 @@ def quality_batches(
         return QualityDraws.draw(pset, batch.x.shape[0], eae_samples, generator, device=batch.x.device, dtype=batch.x.dtype)
 
     def work(batch: PairLike) -> dict[str, np.ndarray]:
-        errs = approximation_errors(
-            pset, batch.x, batch.x_tilde, steps=steps, step_size=step_size, metric=metric, draws=draws(batch)
-        )
+        errs = approximation_errors(pset, batch.x, batch.x_tilde, draws=draws(batch), **options)
         return {k: errs[k].double().cpu().numpy() for k in METRICS}
 
     return shard.compute(tqdm(batches, desc="quality", disable=not progress, leave=False), work, skip=draws)

@@ -16,12 +16,9 @@ from perturbsets.evaluation.robust import (
     adversarial_maps,
     certify_sigma,
     image_batches,
-    pgd_batches,
     pgd_scores,
-    predict_batches,
     predict_score,
     robust_evaluate,
-    score_batches,
 )
 
 __all__ = [
@@ -37,11 +34,8 @@ __all__ = [
     "certify_sigma",
     "certify_to_store",
     "image_batches",
-    "pgd_batches",
     "pgd_scores",
-    "predict_batches",
     "predict_score",
     "read_certificates",
     "robust_evaluate",
-    "score_batches",
 ]

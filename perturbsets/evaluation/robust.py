@@ -86,33 +86,26 @@ class RobustEvaluation:
 
 
 @torch.no_grad()
-def score_batches(
-    model: nn.Module, batches, pick: Callable[[PairBatch], Tensor], shard: BatchShard = BatchShard()
-) -> dict[int, Scorer]:
-    """``{batch index: Scorer}`` of ``model`` on ``pick(batch)`` for the batches ``shard`` owns."""
+def score(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor], shard: BatchShard = BatchShard()) -> Scorer:
+    """Accuracy (pixel accuracy and mIoU for segmentation) of ``model`` on ``pick(batch)``, over the batches ``shard`` owns."""
 
     def work(batch: PairBatch) -> Scorer:
         scorer = Scorer()
         scorer.update(model(pick(batch)), require_labels(batch))
         return scorer
 
-    return shard.compute(batches, work)
+    return Scorer.combined(shard.compute(batches, work).values())
 
 
-def total_score(parts: list[Scorer]) -> Scorer:
-    """The per-batch Scorers of a whole test set, combined in batch order."""
-    scorer = Scorer.combined(parts)
-    if scorer.examples == 0:
+def gathered(scorer: Scorer, shard: BatchShard) -> Scorer:
+    """The counts of every process's share of a test set (a collective): integer sums, so exactly one process's."""
+    total = Scorer.combined(shard.everyone(scorer))
+    if total.examples == 0:
         raise ValueError("no test examples to evaluate")
-    return scorer
+    return total
 
 
-def score(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor], shard: BatchShard = BatchShard()) -> Scorer:
-    """Accuracy (pixel accuracy and mIoU for segmentation) of ``model`` on ``pick(batch)``, over the batches of every shard."""
-    return total_score(shard.gather(score_batches(model, batches, pick, shard)))
-
-
-def pgd_batches(
+def pgd_scores(
     model: nn.Module,
     pset: PerturbationSet,
     batches,
@@ -120,8 +113,8 @@ def pgd_batches(
     radii: list[float],
     seed: int,
     shard: BatchShard = BatchShard(),
-) -> dict[int, list[Scorer]]:
-    """``{batch index: one Scorer per radius}`` under latent PGD for the batches ``shard`` owns.
+) -> list[Scorer]:
+    """Accuracy of ``model`` under latent PGD at each radius in ``radii`` (one Scorer each) over the batches ``shard`` owns.
 
     Radii are attacked from the smallest up. For classification an example misclassified at
     a smaller radius is counted wrong at every larger one without attacking it again: its
@@ -136,9 +129,9 @@ def pgd_batches(
     attacks = {
         i: make_attack(model, pset, cfg, radii[i], torch.Generator(device=pset.device).manual_seed(seed)) for i in order
     }
+    scorers = [Scorer() for _ in radii]
 
-    def work(batch: PairBatch) -> list[Scorer]:
-        scorers = [Scorer() for _ in radii]
+    def work(batch: PairBatch) -> None:
         y = require_labels(batch)
         alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
         for i in order:
@@ -159,23 +152,9 @@ def pgd_batches(
                 prediction[idx] = logits.argmax(1)
                 scorers[i].add_predictions(prediction, y)
             alive &= prediction == y
-        return scorers
 
-    return shard.compute(batches, work)
-
-
-def pgd_scores(
-    model: nn.Module,
-    pset: PerturbationSet,
-    batches,
-    cfg: AttackConfig,
-    radii: list[float],
-    seed: int,
-    shard: BatchShard = BatchShard(),
-) -> list[Scorer]:
-    """Accuracy of ``model`` under latent PGD at each radius in ``radii`` (one Scorer each; see :func:`pgd_batches`)."""
-    parts = shard.gather(pgd_batches(model, pset, batches, cfg, radii, seed, shard))
-    return [Scorer.combined(part[i] for part in parts) for i in range(len(radii))]
+    shard.compute(batches, work)
+    return scorers
 
 
 def certify_sigma(config: RobustConfig) -> float:
@@ -201,10 +180,10 @@ def smoothed_classifier(
     return SmoothedClassifier(model, pset, certify_sigma(config), num_classes)
 
 
-def predict_batches(
+def predict_score(
     smoothed: SmoothedClassifier, batches, config: RobustConfig, seed: int, shard: BatchShard = BatchShard()
-) -> dict[int, Scorer]:
-    """``{batch index: Scorer}`` of the smoothed classifier's PREDICT (Algorithm 2) on x̃, abstentions wrong.
+) -> Scorer:
+    """Accuracy of the smoothed classifier's PREDICT (Algorithm 2) on x̃ over the batches ``shard`` owns, abstentions wrong.
 
     PREDICT draws ``certify.n0`` samples per input (the paper predicts with n0 = 100) and
     answers at level ``certify.alpha``, from one generator seeded by ``seed`` across the
@@ -213,20 +192,15 @@ def predict_batches(
     cc = config.evaluation.certify
     assert cc is not None
     gen = torch.Generator(device=smoothed.perturbation_set.device).manual_seed(seed)
+    scorer = Scorer()
 
-    def work(batch: PairBatch) -> Scorer:
+    def work(batch: PairBatch) -> None:
         y = require_labels(batch)
         prediction = smoothed.predict(batch.x_tilde, cc.n0, cc.alpha, cc.batch_size, generator=gen).prediction
-        scorer = Scorer()
         scorer.add_predictions(prediction.to(y.device), y)
-        return scorer
 
-    return shard.compute(batches, work, skip=lambda batch: smoothed.skip_counts(batch.x_tilde.shape[0], cc.n0, gen))
-
-
-def predict_score(smoothed: SmoothedClassifier, batches, config: RobustConfig, seed: int, shard: BatchShard = BatchShard()) -> Scorer:
-    """Accuracy of the smoothed classifier's PREDICT on each batch's x̃ over the batches of every shard (:func:`predict_batches`)."""
-    return total_score(shard.gather(predict_batches(smoothed, batches, config, seed, shard)))
+    shard.compute(batches, work, skip=lambda batch: smoothed.skip_counts(batch.x_tilde.shape[0], cc.n0, gen))
+    return scorer
 
 
 def image_batches(test: Any, config: RobustConfig, device) -> Iterator[PairBatch]:
@@ -266,7 +240,7 @@ def robust_evaluate(
     ev = config.evaluation
     eval_seed = derive_seed(config.seed, Stream.ROBUST_EVAL_BATCHES)
     images = lambda: image_batches(test, config, device)  # noqa: E731
-    scores = {"clean": score(model, images(), lambda b: b.x, shard)}
+    scores = {"clean": gathered(score(model, images(), lambda b: b.x, shard), shard)}
     pairs = lambda data: data.evaluation_batches(  # noqa: E731
         ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs
     )
@@ -275,8 +249,8 @@ def robust_evaluate(
     def perturbed_score(batches, stream: Stream) -> Scorer:
         """Accuracy on the pairs' x̃: of the model, or of the smoothed classifier's PREDICT."""
         if smoothed is None:
-            return score(model, batches, lambda b: b.x_tilde, shard)
-        return predict_score(smoothed, batches, config, derive_seed(config.seed, stream), shard)
+            return gathered(score(model, batches, lambda b: b.x_tilde, shard), shard)
+        return gathered(predict_score(smoothed, batches, config, derive_seed(config.seed, stream), shard), shard)
 
     scores["perturbed"] = perturbed_score(pairs(test), Stream.SMOOTHED_PERTURBED)
     if ood is not None:
@@ -289,7 +263,7 @@ def robust_evaluate(
     if pset is not None and smoothed is None:
         seed = derive_seed(config.seed, Stream.PGD_STARTS)
         for spec, scorer in zip(radii, pgd_scores(model, pset, images(), ev.attack, list(radii.values()), seed, shard)):
-            scores[spec] = scorer
+            scores[spec] = scorer = gathered(scorer, shard)
             pgd[spec] = scorer.accuracy
     if not shard.is_main:
         return None

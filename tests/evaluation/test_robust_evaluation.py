@@ -9,20 +9,11 @@ import torch
 
 from perturbsets._util.seeding import derive_seed
 from perturbsets.evaluation.certification_store import ExampleTableStore, Shard, read_certificates
-from perturbsets._util.sharding import BatchShard, in_batch_order
+from perturbsets._util.sharding import BatchShard
 from perturbsets.certify.smoothed import SmoothedClassifier
 from perturbsets.classifiers.scoring import Scorer
 from perturbsets.config.robust import EvalAttackConfig
-from perturbsets.evaluation.robust import (
-    RobustReport,
-    merge_certificate_shards,
-    pgd_batches,
-    pgd_scores,
-    predict_batches,
-    predict_score,
-    score,
-    score_batches,
-)
+from perturbsets.evaluation.robust import RobustReport, merge_certificate_shards, pgd_scores, predict_score, score
 from perturbsets.reports.tables import robust_table
 from perturbsets import PerturbationSet
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
@@ -205,7 +196,7 @@ def _counts(scorer: Scorer) -> tuple:
 
 
 @pytest.mark.parametrize("random_start", [False, True])
-def test_two_shards_combine_into_the_unsharded_scores(set_dir, random_start):
+def test_two_shards_add_up_to_the_unsharded_scores(set_dir, random_start):
     """Clean and PGD scores of shards 0/2 and 1/2 (5 batches) add up to one process's; random starts stay on rank 0."""
     pset = PerturbationSet.load(set_dir)
     torch.manual_seed(1)
@@ -213,16 +204,15 @@ def test_two_shards_combine_into_the_unsharded_scores(set_dir, random_start):
     data = labelled_pairs(n=44, seed=3)
     images = lambda: data.batches(10, shuffle=False, seed=0)  # noqa: E731
     shards = [BatchShard(r, 2) for r in (1, 0)]
-    clean = Scorer.combined(in_batch_order([score_batches(model, images(), lambda b: b.x, s) for s in shards]))
+    clean = Scorer.combined(score(model, images(), lambda b: b.x, s) for s in shards)
     assert _counts(clean) == _counts(score(model, images(), lambda b: b.x))
 
     cfg, radii = EvalAttackConfig(steps=4, random_start=random_start), [1.0, 0.3]
-    parts = in_batch_order([pgd_batches(model, pset, images(), cfg, radii, 3, s) for s in shards])
+    parts = [pgd_scores(model, pset, images(), cfg, radii, 3, s) for s in shards]
     single = pgd_scores(model, pset, images(), cfg, radii, 3)
     for i in range(len(radii)):
         assert _counts(Scorer.combined(p[i] for p in parts)) == _counts(single[i])
-    assert len(pgd_batches(model, pset, images(), cfg, radii, 3, shards[0])) == (0 if random_start else 2)
-
+    assert parts[0][0].examples == (0 if random_start else 20)
 
 
 class Brightness(torch.nn.Module):
@@ -238,9 +228,7 @@ def test_two_shards_replay_the_smoothed_predictions_draws():
     batches = list(data.evaluation_batches(10, seed=2, passes=1))
     cfg = config("unused", "smoothing", certify={"n0": 30, "alpha": 0.5, "batch_size": 16})
     smoothed = SmoothedClassifier(Brightness(), linear_set(dim=4, shape=(1, 8, 8), radius=2.0), 8.0, 3)
-    whole = predict_batches(smoothed, batches, cfg, 8)
-    shards = [predict_batches(smoothed, batches, cfg, 8, BatchShard(r, 2)) for r in (0, 1)]
-    assert [_counts(s) for s in in_batch_order(shards)] == [_counts(whole[i]) for i in range(5)]
-    assert _counts(Scorer.combined(in_batch_order(shards))) == _counts(predict_score(smoothed, batches, cfg, 8))
-    # Batch 1 alone would take batch 0's draws, and they change its votes.
-    assert _counts(predict_batches(smoothed, batches[1:2], cfg, 8)[0]) != _counts(whole[1])
+    shards = [predict_score(smoothed, batches, cfg, 8, BatchShard(r, 2)) for r in (0, 1)]
+    assert _counts(Scorer.combined(shards)) == _counts(predict_score(smoothed, batches, cfg, 8))
+    # Without the replay batches 1 and 3 would take the draws of batches 0 and 1, and those change their votes.
+    assert _counts(predict_score(smoothed, batches[1::2], cfg, 8)) != _counts(shards[1])
