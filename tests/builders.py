@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from perturbsets.config.io import from_dict
@@ -130,6 +133,26 @@ def save_robust_set(directory: Path) -> Path:
         latent_norms=LatentNormStats(count=4, mean=1.0, std=0.5, min=0.1, max=2.0, percentiles={"p50": 1.0, "p75": 1.5}),
     )
     return pset.save(directory)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_rank(rank: int, world: int, port: int, run: Callable[[], None]) -> None:
+    """Run ``run()`` as rank ``rank`` of a torchrun-like launch (the environment torchrun sets), in a spawned process."""
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    try:
+        run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 _HOLD_LOCKS = """

@@ -146,6 +146,15 @@ class SmoothedClassifier:
         """
         return self._counts(x, positive_int(n, "n"), positive_int(batch_size, "batch_size"), generator)
 
+    def skip_counts(self, count: int, n: int, generator: torch.Generator | None) -> None:
+        """Advance ``generator`` as :meth:`sample_counts` (and PREDICT) of ``count`` inputs with n draws each would, classifying nothing.
+
+        The noise depends on the number of (input, draw) pairs alone, so a process that
+        leaves a batch to another replays its draws this way (a fraction of the cost).
+        """
+        pset = self.perturbation_set
+        _NoiseStream(count * positive_int(n, "n"), pset.latent_dim, self.sigma, generator, pset.device).skip()
+
     def _counts(self, x: Tensor, n: int, batch_size: int, generator: torch.Generator | None) -> Tensor:
         pset = self.perturbation_set
         pset.check_input(x)
@@ -322,16 +331,24 @@ class _NoiseStream:
         self.drawn = self.pos = 0
         self.block = torch.empty(0, dim, device=device)
 
+    def _next_block(self) -> Tensor:
+        size = min(NOISE_BLOCK, self.total - self.drawn)
+        self.drawn += size
+        return torch.randn(size, self.dim, generator=self.generator, device=self.device)
+
     def take(self, rows: int) -> Tensor:
         parts = []
         while rows > 0:
             if self.pos == self.block.shape[0]:
-                size = min(NOISE_BLOCK, self.total - self.drawn)
-                self.block = torch.randn(size, self.dim, generator=self.generator, device=self.device).mul_(self.sigma)
-                self.drawn += size
+                self.block = self._next_block().mul_(self.sigma)
                 self.pos = 0
             k = min(rows, self.block.shape[0] - self.pos)
             parts.append(self.block[self.pos : self.pos + k])
             self.pos += k
             rows -= k
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def skip(self) -> None:
+        """Draw the blocks not yet drawn and discard them: the generator then stands where taking every row leaves it."""
+        while self.drawn < self.total:
+            self._next_block()

@@ -8,7 +8,7 @@ are not scored (e.g. padding, or unlabelled pixels).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,18 @@ class Scorer:
         self.confusion = batch if self.confusion is None else self.confusion + batch
         self.correct += int(batch.diagonal().sum())
         self.total += int(batch.sum())
+
+    @classmethod
+    def combined(cls, scorers: Iterable["Scorer"], ignore_index: int = IGNORE_INDEX) -> "Scorer":
+        """One Scorer holding the counts and confusion matrices of ``scorers`` (e.g. per batch), added in order."""
+        out = cls(ignore_index)
+        for part in scorers:
+            out.examples += part.examples
+            out.correct += part.correct
+            out.total += part.total
+            if part.confusion is not None:
+                out.confusion = part.confusion.clone() if out.confusion is None else out.confusion + part.confusion
+        return out
 
     def add_predictions(self, prediction: Tensor, y: Tensor) -> None:
         """Hard predictions (N,) or (N, H, W), as a smoothed classifier returns them: any value

@@ -8,7 +8,7 @@ conditioned view) → ``pgd`` (the one projected ℓ2 ascent) → ``radius`` (ch
 from perturbsets.core.latent import latent_norm, project, sample_truncated_normal, sample_uniform_ball
 from perturbsets.core.perturbation_set import ConditionedSet, PerturbationSet
 from perturbsets.core.pgd import AscentResult, projected_ascent
-from perturbsets.core.quality import QualityReport, approximation_errors, evaluate_quality
+from perturbsets.core.quality import QualityDraws, QualityReport, approximation_errors, evaluate_quality, quality_batches, quality_report
 from perturbsets.core.radius import LatentNormStats, RadiusSpec, latent_norms, norm_statistics, select_radius
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ConditionedSet",
     "LatentNormStats",
     "PerturbationSet",
+    "QualityDraws",
     "QualityReport",
     "RadiusSpec",
     "approximation_errors",
@@ -25,6 +26,8 @@ __all__ = [
     "norm_statistics",
     "project",
     "projected_ascent",
+    "quality_batches",
+    "quality_report",
     "sample_truncated_normal",
     "sample_uniform_ball",
     "select_radius",

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perturbsets._util.sharding import BatchShard
 from perturbsets.cvae.model import kl_divergence
 from perturbsets.core.latent import project, sample_truncated_normal, sample_uniform_ball
 from perturbsets.core.pgd import projected_ascent
@@ -55,6 +56,37 @@ def pixel_error(pset: PerturbationSet, logits: Tensor, target: Tensor, metric: s
     return err.flatten(1).mean(1)
 
 
+@dataclass(frozen=True)
+class QualityDraws:
+    """The random draws of :func:`approximation_errors` for one batch of N pairs.
+
+    ``eae``: ``eae_samples`` tensors (N, latent_dim) from the truncated prior N_ε(0, I);
+    ``oae_start``: (N, latent_dim) uniform in the ball; ``recon_noise``: (N, *latent_shape)
+    standard normal, the posterior sample's reparameterisation noise.
+    """
+
+    eae: tuple[Tensor, ...]
+    oae_start: Tensor
+    recon_noise: Tensor
+
+    @classmethod
+    def draw(
+        cls, pset: PerturbationSet, n: int, eae_samples: int, generator: torch.Generator | None, *, device, dtype
+    ) -> "QualityDraws":
+        """Draw in the order the metrics have always used (EAE samples, OAE start, Recon noise).
+
+        The generator's state afterwards depends only on (n, set, eae_samples, device,
+        dtype), so drawing and discarding replays a skipped batch exactly.
+        """
+        dim, radius = pset.latent_dim, pset.radius
+        eae = tuple(
+            sample_truncated_normal(n, dim, radius, generator, device=device, dtype=dtype) for _ in range(eae_samples)
+        )
+        start = sample_uniform_ball(n, dim, radius, generator, device=device, dtype=dtype)
+        noise = torch.randn((n, *pset.latent_shape), generator=generator, device=device, dtype=dtype)
+        return cls(eae, start, noise)
+
+
 @torch.no_grad()
 def approximation_errors(
     pset: PerturbationSet,
@@ -66,6 +98,7 @@ def approximation_errors(
     eae_samples: int = 5,
     metric: str = "nll",
     generator: torch.Generator | None = None,
+    draws: QualityDraws | None = None,
 ) -> dict[str, Tensor]:
     """The six metrics of Appendix B for a batch of pairs, each a tensor of shape (N,).
 
@@ -77,6 +110,8 @@ def approximation_errors(
         eae_samples: draws from the truncated prior N_ε(0, I) averaged for EAE.
         metric: ``"nll"`` (the generator's own error term, as the paper's tables) or ``"mse"``.
         generator: torch generator for the EAE draws, the OAE start and the Recon sample.
+        draws: those draws, made beforehand (:meth:`QualityDraws.draw`); then ``generator``
+            and ``eae_samples`` are not used.
 
     Returns ``{"enc_ae", "pgd_ae", "eae", "oae", "recon", "kl"}``, each of shape (N,).
 
@@ -89,7 +124,9 @@ def approximation_errors(
     posterior = cond.posterior(x_tilde)
     radius = pset.radius
     step_size = radius / 20 if step_size is None else float(step_size)
-    n, dim = x.shape[0], pset.latent_dim
+    n = x.shape[0]
+    if draws is None:
+        draws = QualityDraws.draw(pset, n, eae_samples, generator, device=x.device, dtype=x.dtype)
 
     def error_at(u: Tensor) -> Tensor:
         return pixel_error(pset, cond.decode_logits(u), x_tilde, metric)
@@ -105,17 +142,10 @@ def approximation_errors(
     u_enc = project(cond.encode(x_tilde, posterior), radius)
     out = {"enc_ae": error_at(u_enc)}
     out["pgd_ae"] = pgd(u_enc, -1.0)
-
-    # One draw per example at a time keeps memory at one batch, whatever eae_samples is.
-    out["eae"] = sum(
-        error_at(sample_truncated_normal(n, dim, radius, generator, device=x.device, dtype=x.dtype))
-        for _ in range(eae_samples)
-    ) / eae_samples
-
-    out["oae"] = pgd(sample_uniform_ball(n, dim, radius, generator, device=x.device, dtype=x.dtype), 1.0)
-
-    noise = torch.randn(posterior.mean.shape, generator=generator, device=x.device, dtype=x.dtype)
-    out["recon"] = pixel_error(pset, cond.generate_logits(posterior.rsample(noise)), x_tilde, metric)
+    # One draw per example at a time keeps the decoding at one batch, whatever eae_samples is.
+    out["eae"] = sum(error_at(u) for u in draws.eae) / len(draws.eae)
+    out["oae"] = pgd(draws.oae_start, 1.0)
+    out["recon"] = pixel_error(pset, cond.generate_logits(posterior.rsample(draws.recon_noise)), x_tilde, metric)
     out["kl"] = kl_divergence(posterior, cond.prior)
     return out
 
@@ -160,6 +190,47 @@ class QualityReport:
         return out
 
 
+def quality_batches(
+    pset: PerturbationSet,
+    batches: Iterable[PairLike],
+    *,
+    eae_samples: int = 5,
+    seed: int = 0,
+    shard: BatchShard = BatchShard(),
+    progress: bool = False,
+    **options,
+) -> dict[int, dict[str, np.ndarray]]:
+    """:func:`approximation_errors` of the batches ``shard`` owns: ``{batch index: {metric: (N,) float64}}``.
+
+    ``options`` are :func:`approximation_errors`' ``steps``, ``step_size`` and ``metric``.
+    One generator seeded by ``seed`` serves the batches in order; a batch owned by another
+    process has its draws made and discarded, so every owned batch sees the draws it sees
+    when one process evaluates everything.
+    """
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator(device=pset.device).manual_seed(seed)
+
+    def draws(batch: PairLike) -> QualityDraws:
+        return QualityDraws.draw(pset, batch.x.shape[0], eae_samples, generator, device=batch.x.device, dtype=batch.x.dtype)
+
+    def work(batch: PairLike) -> dict[str, np.ndarray]:
+        errs = approximation_errors(pset, batch.x, batch.x_tilde, draws=draws(batch), **options)
+        return {k: errs[k].double().cpu().numpy() for k in METRICS}
+
+    return shard.compute(tqdm(batches, desc="quality", disable=not progress, leave=False), work, skip=draws)
+
+
+def quality_report(
+    pset: PerturbationSet, parts: list[dict[str, np.ndarray]], metric: str, latent_norms: LatentNormStats | None = None
+) -> QualityReport:
+    """The :class:`QualityReport` of per-batch results in batch order (:func:`quality_batches`' values)."""
+    if not parts:
+        raise ValueError("no pairs to evaluate: the test data is empty")
+    per_example = {k: np.concatenate([part[k] for part in parts]) for k in METRICS}
+    return QualityReport(pset.radius, metric, per_example, latent_norms)
+
+
 def evaluate_quality(
     pset: PerturbationSet,
     batches: Iterable[PairLike],
@@ -171,35 +242,22 @@ def evaluate_quality(
     seed: int = 0,
     latent_norms: LatentNormStats | None = None,
     progress: bool = False,
+    shard: BatchShard = BatchShard(),
 ) -> QualityReport:
     """Run :func:`approximation_errors` over all batches and collect a :class:`QualityReport` (Appendix B, Table 4).
 
     ``batches`` yields objects with ``x`` and ``x_tilde`` (N, C, H, W), e.g. a pair source's
-    evaluation batches; the draws are seeded by ``seed``.
+    evaluation batches; the draws are seeded by ``seed``. With a ``shard`` of several
+    processes (each reading the same batches) every process evaluates its share and all
+    receive the report of one process evaluating every batch.
 
     Example::
 
         report = evaluate_quality(pset, test.evaluation_batches(256, seed=0), steps=50)
         print(report.summary()["oae"].mean)
     """
-    from tqdm.auto import tqdm
-
-    generator = torch.Generator(device=pset.device).manual_seed(seed)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
-    for batch in tqdm(batches, desc="quality", disable=not progress, leave=False):
-        errs = approximation_errors(
-            pset,
-            batch.x,
-            batch.x_tilde,
-            steps=steps,
-            step_size=step_size,
-            eae_samples=eae_samples,
-            metric=metric,
-            generator=generator,
-        )
-        for k in METRICS:
-            parts[k].append(errs[k].double().cpu().numpy())
-    if not parts["kl"]:
-        raise ValueError("no pairs to evaluate: the test data is empty")
-    per_example = {k: np.concatenate(v) for k, v in parts.items()}
-    return QualityReport(pset.radius, metric, per_example, latent_norms)
+    parts = quality_batches(
+        pset, batches, steps=steps, step_size=step_size, eae_samples=eae_samples, metric=metric, seed=seed,
+        shard=shard, progress=progress,
+    )  # fmt: skip
+    return quality_report(pset, shard.gather(parts), metric, latent_norms)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from perturbsets._util.io import write_json
+from perturbsets._util.sharding import BatchShard
 from perturbsets._util.seeding import Stream, derive_seed, seeded_generator
 from perturbsets.certify.smoothed import SmoothedClassifier
 from perturbsets.certify.statistics import certified_accuracy
@@ -85,32 +86,52 @@ class RobustEvaluation:
 
 
 @torch.no_grad()
-def score(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor]) -> Scorer:
-    """Accuracy (pixel accuracy and mIoU for segmentation) of ``model`` on ``pick(batch)``."""
-    scorer = Scorer()
-    for batch in batches:
+def score(model: nn.Module, batches, pick: Callable[[PairBatch], Tensor], shard: BatchShard = BatchShard()) -> Scorer:
+    """Accuracy (pixel accuracy and mIoU for segmentation) of ``model`` on ``pick(batch)``, over the batches ``shard`` owns."""
+
+    def work(batch: PairBatch) -> Scorer:
+        scorer = Scorer()
         scorer.update(model(pick(batch)), require_labels(batch))
-    if scorer.examples == 0:
+        return scorer
+
+    return Scorer.combined(shard.compute(batches, work).values())
+
+
+def gathered(scorer: Scorer, shard: BatchShard) -> Scorer:
+    """The counts of every process's share of a test set (a collective): integer sums, so exactly one process's."""
+    total = Scorer.combined(shard.everyone(scorer))
+    if total.examples == 0:
         raise ValueError("no test examples to evaluate")
-    return scorer
+    return total
 
 
 def pgd_scores(
-    model: nn.Module, pset: PerturbationSet, batches, cfg: AttackConfig, radii: list[float], seed: int
+    model: nn.Module,
+    pset: PerturbationSet,
+    batches,
+    cfg: AttackConfig,
+    radii: list[float],
+    seed: int,
+    shard: BatchShard = BatchShard(),
 ) -> list[Scorer]:
-    """Accuracy of ``model`` under latent PGD at each radius in ``radii`` (one Scorer each).
+    """Accuracy of ``model`` under latent PGD at each radius in ``radii`` (one Scorer each) over the batches ``shard`` owns.
 
     Radii are attacked from the smallest up. For classification an example misclassified at
     a smaller radius is counted wrong at every larger one without attacking it again: its
     adversarial point lies in the larger ball too, so this is exact for the reported
     accuracy (never higher than attacking afresh) and spares the attack on broken examples.
     """
+    if cfg.random_start:
+        # The random starts are drawn for the examples that survived the smaller radii, so the
+        # draws of a batch depend on earlier batches' results: no process can replay them.
+        shard = shard.unsplit()
     order = sorted(range(len(radii)), key=lambda i: radii[i])
     attacks = {
         i: make_attack(model, pset, cfg, radii[i], torch.Generator(device=pset.device).manual_seed(seed)) for i in order
     }
     scorers = [Scorer() for _ in radii]
-    for batch in batches:
+
+    def work(batch: PairBatch) -> None:
         y = require_labels(batch)
         alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
         for i in order:
@@ -131,6 +152,8 @@ def pgd_scores(
                 prediction[idx] = logits.argmax(1)
                 scorers[i].add_predictions(prediction, y)
             alive &= prediction == y
+
+    shard.compute(batches, work)
     return scorers
 
 
@@ -157,22 +180,26 @@ def smoothed_classifier(
     return SmoothedClassifier(model, pset, certify_sigma(config), num_classes)
 
 
-def predict_score(smoothed: SmoothedClassifier, batches, config: RobustConfig, seed: int) -> Scorer:
-    """Accuracy of the smoothed classifier's PREDICT (Algorithm 2) on each batch's x̃, abstentions wrong.
+def predict_score(
+    smoothed: SmoothedClassifier, batches, config: RobustConfig, seed: int, shard: BatchShard = BatchShard()
+) -> Scorer:
+    """Accuracy of the smoothed classifier's PREDICT (Algorithm 2) on x̃ over the batches ``shard`` owns, abstentions wrong.
 
     PREDICT draws ``certify.n0`` samples per input (the paper predicts with n0 = 100) and
-    answers at level ``certify.alpha``.
+    answers at level ``certify.alpha``, from one generator seeded by ``seed`` across the
+    batches; the batches ``shard`` leaves to other processes have their draws replayed.
     """
     cc = config.evaluation.certify
     assert cc is not None
     gen = torch.Generator(device=smoothed.perturbation_set.device).manual_seed(seed)
     scorer = Scorer()
-    for batch in batches:
+
+    def work(batch: PairBatch) -> None:
         y = require_labels(batch)
         prediction = smoothed.predict(batch.x_tilde, cc.n0, cc.alpha, cc.batch_size, generator=gen).prediction
         scorer.add_predictions(prediction.to(y.device), y)
-    if scorer.examples == 0:
-        raise ValueError("no test examples to evaluate")
+
+    shard.compute(batches, work, skip=lambda batch: smoothed.skip_counts(batch.x_tilde.shape[0], cc.n0, gen))
     return scorer
 
 
@@ -195,19 +222,25 @@ def robust_evaluate(
     *,
     ood: Any = None,
     name: str | None = None,
-) -> RobustEvaluation:
+    shard: BatchShard = BatchShard(),
+) -> RobustEvaluation | None:
     """Evaluate ``model`` (in eval mode) on ``test`` (and the held-out ``ood`` pairs) and write ``robust_metrics.json``.
 
     Clean and latent-PGD accuracy use every test image once; perturbed accuracy uses every
     stored test pair (or ``passes`` passes of fresh on-the-fly pairs). Certificates go to
     ``certify.tsv`` (classification) or ``certify/`` (segmentation), resumably.
+
+    With a ``shard`` of several processes (same model, set and data on each) every process
+    computes its share of the clean, perturbed, OOD and PGD batches; rank 0 gathers the
+    single-process figures, certifies alone, writes and returns the evaluation, and the
+    other processes return ``None``.
     """
     out_dir = Path(out_dir)
     device = resolve_device(config.training.device)
     ev = config.evaluation
     eval_seed = derive_seed(config.seed, Stream.ROBUST_EVAL_BATCHES)
     images = lambda: image_batches(test, config, device)  # noqa: E731
-    scores = {"clean": score(model, images(), lambda b: b.x)}
+    scores = {"clean": gathered(score(model, images(), lambda b: b.x, shard), shard)}
     pairs = lambda data: data.evaluation_batches(  # noqa: E731
         ev.batch_size, seed=eval_seed, passes=ev.passes, device=device, max_pairs=ev.max_pairs
     )
@@ -216,41 +249,43 @@ def robust_evaluate(
     def perturbed_score(batches, stream: Stream) -> Scorer:
         """Accuracy on the pairs' x̃: of the model, or of the smoothed classifier's PREDICT."""
         if smoothed is None:
-            return score(model, batches, lambda b: b.x_tilde)
-        return predict_score(smoothed, batches, config, derive_seed(config.seed, stream))
+            return gathered(score(model, batches, lambda b: b.x_tilde, shard), shard)
+        return gathered(predict_score(smoothed, batches, config, derive_seed(config.seed, stream), shard), shard)
 
     scores["perturbed"] = perturbed_score(pairs(test), Stream.SMOOTHED_PERTURBED)
     if ood is not None:
         scores["ood"] = perturbed_score(pairs(ood), Stream.SMOOTHED_OOD)
     pgd, radii = {}, {}
+    if pset is not None:
+        radii = {str(spec): pset.resolve_radius(spec) for spec in ev.radii}
+    # A smoothed classifier is judged by its certificates (Table 9 has no PGD columns):
+    # attacking its base model would measure another classifier.
+    if pset is not None and smoothed is None:
+        seed = derive_seed(config.seed, Stream.PGD_STARTS)
+        for spec, scorer in zip(radii, pgd_scores(model, pset, images(), ev.attack, list(radii.values()), seed, shard)):
+            scores[spec] = scorer = gathered(scorer, shard)
+            pgd[spec] = scorer.accuracy
+    if not shard.is_main:
+        return None
     certified: dict[str, float] = {}
     certificates = None
     clean = scores["clean"].accuracy
     counts = {"test": scores["clean"].examples, "perturbed": scores["perturbed"].examples}
     if "ood" in scores:
         counts["ood"] = scores["ood"].examples
-    if pset is not None:
-        radii = {str(spec): pset.resolve_radius(spec) for spec in ev.radii}
-        # A smoothed classifier is judged by its certificates (Table 9 has no PGD columns):
-        # attacking its base model would measure another classifier.
-        if smoothed is None:
-            seed = derive_seed(config.seed, Stream.PGD_STARTS)
-            for spec, scorer in zip(radii, pgd_scores(model, pset, images(), ev.attack, list(radii.values()), seed)):
-                scores[spec] = scorer
-                pgd[spec] = scorer.accuracy
-        if ev.certify is not None:
-            sigma = certify_sigma(config)
-            with torch.no_grad():
-                logits = model(first_input(test, device))
-            store = certificate_store(out_dir, segmentation=logits.dim() == 4)
-            radius, correct = certify_to_store(model, pset, test, config, sigma, store, logits.shape[1])
-            counts[store.count_key] = int(radius.size)
-            accs = certified_accuracy(radius, correct, list(radii.values()))
-            certified = {spec: float(a) for spec, a in zip(radii, accs)}
-            certificates = Certificates(radius, correct, sigma)
-            if smoothed is not None:
-                # Table 9's clean accuracy is the smoothed classifier's: CERTIFY's prediction, abstentions wrong.
-                clean = float(np.mean(correct))
+    if pset is not None and ev.certify is not None:
+        sigma = certify_sigma(config)
+        with torch.no_grad():
+            logits = model(first_input(test, device))
+        store = certificate_store(out_dir, segmentation=logits.dim() == 4)
+        radius, correct = certify_to_store(model, pset, test, config, sigma, store, logits.shape[1])
+        counts[store.count_key] = int(radius.size)
+        accs = certified_accuracy(radius, correct, list(radii.values()))
+        certified = {spec: float(a) for spec, a in zip(radii, accs)}
+        certificates = Certificates(radius, correct, sigma)
+        if smoothed is not None:
+            # Table 9's clean accuracy is the smoothed classifier's: CERTIFY's prediction, abstentions wrong.
+            clean = float(np.mean(correct))
     miou = {k: v.miou for k, v in scores.items() if v.miou is not None}
     if smoothed is not None:
         miou.pop("clean", None)  # the base model's, not the smoothed classifier's

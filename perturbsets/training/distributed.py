@@ -16,27 +16,36 @@ become SyncBatchNorm (statistics of the global batch, as one process computes th
 has no SyncBatchNorm, so on CPU each rank normalises with its own rows — equal to one
 process only for models without BatchNorm. Without ``torchrun`` (no ``WORLD_SIZE`` in the
 environment) everything here is the identity.
+
+After training every rank evaluates: :class:`World` is a
+:class:`~perturbsets._util.sharding.BatchShard`, and :func:`share_weights` first gives
+every rank rank 0's weights and BatchNorm statistics.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from perturbsets._util.sharding import BatchShard
 from perturbsets.pairs.batch import PairBatch
+
+T = TypeVar("T")
 
 __all__ = [
     "StepDraws",
     "World",
     "average_gradients",
+    "from_main",
     "init_distributed",
     "is_main_process",
     "local_rows",
+    "share_weights",
     "sum_over_ranks",
     "synchronize",
 ]
@@ -48,16 +57,8 @@ def is_main_process() -> bool:
 
 
 @dataclass(frozen=True)
-class World:
-    """This process's place among the data-parallel processes."""
-
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 alone writes checkpoints, logs, reports and figures."""
-        return self.rank == 0
+class World(BatchShard):
+    """This process's place among the data-parallel processes; as a :class:`BatchShard`, its share of an evaluation."""
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.size:
@@ -95,8 +96,28 @@ def prepare_model(model: nn.Module, world: World, device: torch.device) -> None:
     if device.type == "cuda":
         for name, child in list(model.named_children()):
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    share_weights(model, world)
+
+
+def share_weights(model: nn.Module, world: World) -> None:
+    """Copy rank 0's parameters and buffers to every rank (in place).
+
+    Before a split evaluation: on CPU each rank's BatchNorm statistics are its own rows',
+    so without this the ranks would evaluate different models.
+    """
+    if world.size == 1:
+        return
     for tensor in [*model.parameters(), *model.buffers()]:
         dist.broadcast(tensor.data, src=0)
+
+
+def from_main(value: T, world: World) -> T:
+    """Rank 0's ``value`` on every rank (a picklable object, e.g. a result every rank must agree on bitwise)."""
+    if world.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @dataclass(frozen=True)

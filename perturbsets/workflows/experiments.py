@@ -36,7 +36,7 @@ from perturbsets.config.io import ConfigError, from_dict
 from perturbsets.config.learn import Config
 from perturbsets.config.robust import RobustConfig
 from perturbsets.reports.tables import paper_table
-from perturbsets.training.distributed import is_main_process, synchronize
+from perturbsets.training.distributed import synchronize
 from perturbsets.training.loop import LATEST, run_folder
 from perturbsets.workflows.learn import SET_DIR, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
@@ -171,10 +171,10 @@ def run_experiment(
             if not (robust_dir / "eval" / "robust_metrics.json").is_file():
                 resume = (robust_dir / "checkpoints" / LATEST).is_file()
                 result = run_robust_training(exp.robust, robust_dir, resume=resume, progress=progress)
-                if is_main_process():
-                    run_robust_evaluation(
-                        exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
-                    )
+                # Under torchrun every rank evaluates its share of the batches; rank 0 writes.
+                run_robust_evaluation(
+                    exp.robust, robust_dir, robust_dir / "eval", model=result.model, name=exp.row, progress=progress
+                )
     return run
 
 

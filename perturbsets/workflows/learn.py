@@ -24,7 +24,7 @@ from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.quality_report import write_report
 from perturbsets.reports.tables import quality_table
 from perturbsets.training.cvae import TrainResult, train_cvae
-from perturbsets.training.distributed import is_main_process
+from perturbsets.training.distributed import World, from_main, init_distributed, is_main_process, share_weights
 from perturbsets.training.loop import resolve_device, run_folder
 from perturbsets.workflows.sources import load_splits
 
@@ -46,7 +46,10 @@ def choose_radius(cvae: CVAE, val: PairedData, config: Config, device: torch.dev
     return RadiusChoice(select_radius(norms, ev.radius), norms, norm_statistics(norms))
 
 
-def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: LatentNormStats | None, progress: bool) -> QualityReport:
+def assess(
+    pset: PerturbationSet, test: PairedData, config: Config, stats: LatentNormStats | None, progress: bool, world: World
+) -> QualityReport:
+    """The quality report of ``pset`` on the test pairs, each process of ``world`` evaluating its share of the batches."""
     ev = config.evaluation
     return evaluate_quality(
         pset,
@@ -59,7 +62,8 @@ def assess(pset: PerturbationSet, test: PairedData, config: Config, stats: Laten
         metric=ev.metric,
         seed=config.seed,
         latent_norms=stats,
-        progress=progress,
+        progress=progress and world.is_main,
+        shard=world,
     )
 
 
@@ -87,7 +91,8 @@ def learn_perturbation_set(
     ``out_dir`` receives the training run (config, history, checkpoints), the saved set in
     ``perturbation_set/``, ``metrics.json``, figures and ``report.md``; it stays locked
     against other processes until the run ends (see :func:`~perturbsets.training.loop.run_folder`).
-    Under ``torchrun`` every rank trains and rank 0 alone goes on (the others return ``None``).
+    Under ``torchrun`` every rank trains and evaluates its share of the test batches; rank 0
+    alone picks ε, saves and writes (the others return ``None``).
 
     Example::
 
@@ -98,9 +103,10 @@ def learn_perturbation_set(
     # Locked and checked before reading the data, which can take minutes.
     with run_folder(out_dir, resume):
         result = train_cvae(config, load_splits(config.data, config.seed, data), out_dir, resume=resume, progress=progress)
-        if not is_main_process():
-            return None  # under torchrun rank 0 alone picks ε, evaluates and saves
-        choice = choose_radius(result.cvae, result.splits.val, config, result.device)
+        world = init_distributed(result.device)
+        # Under torchrun every rank evaluates rank 0's weights (its BatchNorm statistics too) in rank 0's set.
+        share_weights(result.cvae, world)
+        choice = from_main(choose_radius(result.cvae, result.splits.val, config, result.device) if world.is_main else None, world)
         pset = PerturbationSet(
             result.cvae,
             choice.radius,
@@ -109,7 +115,9 @@ def learn_perturbation_set(
             value_range=tuple(config.data.value_range),
             latent_norms=choice.stats,
         )
-        report = assess(pset, result.splits.test, config, choice.stats, progress)
+        report = assess(pset, result.splits.test, config, choice.stats, progress, world)
+        if not world.is_main:
+            return None
         pset.metrics = report.to_dict()
         pset.save(out_dir / SET_DIR)
         write_json(out_dir / "metrics.json", pset.metrics)
@@ -120,15 +128,20 @@ def learn_perturbation_set(
 
 
 def evaluate_saved_set(set_dir: str | Path, config: Config, out_dir: str | Path, *, progress: bool = True) -> QualityReport:
-    """Evaluate a saved set on the test split of ``config.data`` and write metrics and report."""
+    """Evaluate a saved set on the test split of ``config.data`` and write metrics and report.
+
+    Under ``torchrun`` each rank evaluates its share of the test batches and rank 0 writes.
+    """
     device = resolve_device(config.training.device)
+    world = init_distributed(device)
     pset = PerturbationSet.load(set_dir, device=device)
     out_dir = Path(out_dir)
     with run_folder(out_dir):
         splits = load_splits(config.data, config.seed)
-        report = assess(pset, splits.test, config, None, progress)
-        write_json(out_dir / "metrics.json", report.to_dict())
-        write_report(out_dir, pset, report.to_dict(), splits.test, config, None, None)
+        report = assess(pset, splits.test, config, None, progress, world)
+        if world.is_main:
+            write_json(out_dir / "metrics.json", report.to_dict())
+            write_report(out_dir, pset, report.to_dict(), splits.test, config, None, None)
     return report
 
 
@@ -147,6 +160,8 @@ def evaluate_from_file(set_dir: str | Path, config_path: str | Path, out_dir: st
     """``perturbsets evaluate``: measure a saved set on the test split of a YAML config's data and print the table."""
     config = load_config(config_path, Config)
     report = evaluate_saved_set(set_dir, config, out_dir, progress=progress)
+    if not is_main_process():
+        return report
     print(quality_table(report.to_dict(), config.model.architecture))
     print(f"metrics and report written to {out_dir}")
     return report

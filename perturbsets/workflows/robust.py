@@ -31,7 +31,7 @@ from perturbsets.evaluation.robust import (
 from perturbsets.pairs.paired import PairedData
 from perturbsets.reports.plots import plot_curve, plot_segmentation
 from perturbsets.reports.tables import robust_table
-from perturbsets.training.distributed import is_main_process
+from perturbsets.training.distributed import init_distributed, share_weights
 from perturbsets.training.loop import BEST, LATEST, resolve_device, run_folder
 from perturbsets.training.robust import RobustTrainResult, build_classifier_model, load_set, robust_train
 from perturbsets.workflows.sources import load_splits, load_test
@@ -66,13 +66,18 @@ def run_robust_evaluation(
     ``shard`` certifies only that shard of the test inputs (nothing else is evaluated and
     ``None`` is returned); ``merge_shards=k`` first merges the stores of shards 0/k … k−1/k
     found in ``out_dir``, then evaluates as usual, reading the merged certificates.
+
+    Under ``torchrun`` every rank evaluates its share of the batches of rank 0's model
+    (:func:`robust_evaluate`); rank 0 alone certifies, writes and returns the report.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device(config.training.device)
+    world = init_distributed(device)
     if model is None:
         model = build_classifier_model(config).to(device)
         load_checkpoint(run_dir / "checkpoints" / (BEST if config.training.select == "best" else LATEST), model)
     model.eval()
+    share_weights(model, world)
     pset = load_set(config, device)
     with run_folder(out_dir):
         ev = config.evaluation
@@ -82,10 +87,12 @@ def run_robust_evaluation(
                 raise ValueError("--shard splits certification, which needs a perturbation set (standard runs have none)")
             certify_shard(config, model, pset, test, out_dir, shard)
             return None
-        if merge_shards is not None:
+        if merge_shards is not None and world.is_main:
             merge_certificate_shards(out_dir, merge_shards)
         ood = load_test(ev.ood, config.seed) if ev.ood is not None else None
-        result = robust_evaluate(config, model, pset, test, out_dir, ood=ood, name=name)
+        result = robust_evaluate(config, model, pset, test, out_dir, ood=ood, name=name, shard=world)
+        if result is None:
+            return None  # a rank other than 0 under torchrun: rank 0 writes
         report = result.report
         if pset is not None and report.radii:
             batch = next(iter(image_batches(test, config, device)))
@@ -114,9 +121,11 @@ def robust_train_from_file(config_path: str | Path, out_dir: str | Path, *, resu
     config = load_config(config_path, RobustConfig)
     with run_folder(out_dir, resume):
         result = run_robust_training(config, out_dir, resume=resume, progress=progress)
-        if evaluate and is_main_process():  # under torchrun rank 0 alone evaluates
+        if evaluate:
             eval_dir = Path(out_dir) / "eval"
             report = run_robust_evaluation(config, out_dir, eval_dir, model=result.model, progress=progress)
+            if report is None:
+                return  # under torchrun rank 0 prints
             print((eval_dir / "robust_table.md").read_text())
             print(f"results in {eval_dir} ({report.counts['test']} test examples)")
 
@@ -135,10 +144,12 @@ def robust_evaluate_from_file(
     part = Shard.parse(shard) if shard is not None else None
     if part is None and merge_shards is not None and merge_shards < 1:
         raise ValueError(f"--merge-shards takes the number of shards k >= 1, got {merge_shards}")
-    run_robust_evaluation(config, run_dir, out_dir, progress=progress, shard=part, merge_shards=merge_shards)
+    report = run_robust_evaluation(config, run_dir, out_dir, progress=progress, shard=part, merge_shards=merge_shards)
     if part is not None:
         print(f"certified shard {part} into {out_dir}; merge with --merge-shards {part.count} once every shard is there")
         return
+    if report is None:
+        return  # under torchrun rank 0 prints
     print(Path(out_dir, "robust_table.md").read_text())
     print(f"results in {out_dir}")
 

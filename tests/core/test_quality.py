@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from builders import linear_set
+from builders import labelled_pairs, linear_set, tiny_set
 import torch
 import torch.distributions as D
 import torch.nn.functional as F
@@ -19,10 +19,14 @@ from perturbsets.core.quality import (
     LABELS,
     METRICS,
     QualityReport,
+    QualityDraws,
     approximation_errors,
     evaluate_quality,
     pixel_error,
+    quality_batches,
+    quality_report,
 )
+from perturbsets._util.sharding import BatchShard, in_batch_order
 from perturbsets.core.radius import norm_statistics
 from perturbsets.reports.tables import quality_table
 
@@ -189,6 +193,47 @@ def test_evaluate_quality_concatenates_in_order():
     again = evaluate_quality(pset, batches, steps=0, eae_samples=1, seed=0)
     for k in METRICS:
         np.testing.assert_array_equal(again.per_example[k], report.per_example[k])
+
+
+def _four_batches() -> list:
+    """Four test batches of 8, 8, 8 and 6 pairs."""
+    return list(labelled_pairs(n=30, seed=4).evaluation_batches(8, seed=1, passes=1))
+
+
+QUALITY = {"steps": 3, "eae_samples": 2, "seed": 5}
+
+
+def test_a_shard_that_replays_the_skipped_batches_draws_gets_the_single_process_rows():
+    pset, batches = tiny_set(), _four_batches()
+    whole = quality_batches(pset, batches, **QUALITY)
+    ours = quality_batches(pset, batches, **QUALITY, shard=BatchShard(1, 2))
+    assert sorted(whole) == [0, 1, 2, 3] and sorted(ours) == [1, 3]
+    for i in ours:
+        for k in METRICS:
+            np.testing.assert_array_equal(ours[i][k], whole[i][k], err_msg=f"batch {i}, {k}")
+    # Without the replay batch 1 would take batch 0's draws: the draws do matter here.
+    alone = quality_batches(pset, batches[1:2], **QUALITY)
+    assert not np.array_equal(alone[0]["eae"], whole[1]["eae"])
+
+
+def test_two_shards_gather_the_unsharded_report_bitwise():
+    pset, batches = tiny_set(), _four_batches()
+    single = evaluate_quality(pset, batches, **QUALITY)
+    parts = [quality_batches(pset, batches, **QUALITY, shard=BatchShard(r, 2)) for r in (1, 0)]
+    sharded = quality_report(pset, in_batch_order(parts), "nll")
+    for k in METRICS:
+        np.testing.assert_array_equal(sharded.per_example[k], single.per_example[k], err_msg=k)
+
+
+def test_draws_made_beforehand_are_the_draws_made_inside():
+    pset = tiny_set()
+    x, xt = _pairs(5)
+    inside = approximation_errors(pset, x, xt, steps=2, eae_samples=3, generator=torch.Generator().manual_seed(9))
+    draws = QualityDraws.draw(pset, 5, 3, torch.Generator().manual_seed(9), device=x.device, dtype=x.dtype)
+    assert len(draws.eae) == 3 and draws.oae_start.shape == (5, 4) and draws.recon_noise.shape == (5, 4)
+    before = approximation_errors(pset, x, xt, steps=2, draws=draws)
+    for k in METRICS:
+        assert torch.equal(inside[k], before[k]), k
 
 
 def test_evaluate_quality_empty():

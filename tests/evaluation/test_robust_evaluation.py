@@ -9,12 +9,16 @@ import torch
 
 from perturbsets._util.seeding import derive_seed
 from perturbsets.evaluation.certification_store import ExampleTableStore, Shard, read_certificates
-from perturbsets.evaluation.robust import RobustReport, merge_certificate_shards, pgd_scores
+from perturbsets._util.sharding import BatchShard
+from perturbsets.certify.smoothed import SmoothedClassifier
+from perturbsets.classifiers.scoring import Scorer
+from perturbsets.config.robust import EvalAttackConfig
+from perturbsets.evaluation.robust import RobustReport, merge_certificate_shards, pgd_scores, predict_score, score
 from perturbsets.reports.tables import robust_table
 from perturbsets import PerturbationSet
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
-from builders import labelled_pairs, robust_config as config, save_robust_set
+from builders import labelled_pairs, linear_set, robust_config as config, save_robust_set
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +188,47 @@ def test_shard_parsing(text, match):
     with pytest.raises(ValueError, match=match):
         Shard.parse(text)
     assert Shard.parse("1/4").takes(5) and not Shard.parse("1/4").takes(4)
+
+
+def _counts(scorer: Scorer) -> tuple:
+    confusion = None if scorer.confusion is None else scorer.confusion.tolist()
+    return scorer.examples, scorer.correct, scorer.total, confusion
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_two_shards_add_up_to_the_unsharded_scores(set_dir, random_start):
+    """Clean and PGD scores of shards 0/2 and 1/2 (5 batches) add up to one process's; random starts stay on rank 0."""
+    pset = PerturbationSet.load(set_dir)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    data = labelled_pairs(n=44, seed=3)
+    images = lambda: data.batches(10, shuffle=False, seed=0)  # noqa: E731
+    shards = [BatchShard(r, 2) for r in (1, 0)]
+    clean = Scorer.combined(score(model, images(), lambda b: b.x, s) for s in shards)
+    assert _counts(clean) == _counts(score(model, images(), lambda b: b.x))
+
+    cfg, radii = EvalAttackConfig(steps=4, random_start=random_start), [1.0, 0.3]
+    parts = [pgd_scores(model, pset, images(), cfg, radii, 3, s) for s in shards]
+    single = pgd_scores(model, pset, images(), cfg, radii, 3)
+    for i in range(len(radii)):
+        assert _counts(Scorer.combined(p[i] for p in parts)) == _counts(single[i])
+    assert parts[0][0].examples == (0 if random_start else 20)
+
+
+class Brightness(torch.nn.Module):
+    """Classifies :func:`labelled_pairs` by mean brightness (0.25, 0.55, 0.85 per class): noise in x moves its votes."""
+
+    def forward(self, x):
+        return -40 * (x.flatten(1).mean(1, keepdim=True) - torch.tensor([0.25, 0.55, 0.85])) ** 2
+
+
+def test_two_shards_replay_the_smoothed_predictions_draws():
+    """PREDICT's noise runs through all batches: each shard replays the draws of the batches it leaves."""
+    data = labelled_pairs(n=44, seed=3)
+    batches = list(data.evaluation_batches(10, seed=2, passes=1))
+    cfg = config("unused", "smoothing", certify={"n0": 30, "alpha": 0.5, "batch_size": 16})
+    smoothed = SmoothedClassifier(Brightness(), linear_set(dim=4, shape=(1, 8, 8), radius=2.0), 8.0, 3)
+    shards = [predict_score(smoothed, batches, cfg, 8, BatchShard(r, 2)) for r in (0, 1)]
+    assert _counts(Scorer.combined(shards)) == _counts(predict_score(smoothed, batches, cfg, 8))
+    # Without the replay batches 1 and 3 would take the draws of batches 0 and 1, and those change their votes.
+    assert _counts(predict_score(smoothed, batches[1::2], cfg, 8)) != _counts(shards[1])

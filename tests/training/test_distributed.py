@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
@@ -18,14 +15,16 @@ from perturbsets.attacks import latent_pgd
 from perturbsets.config.learn import Config, DataConfig, ModelConfig, Schedule, TrainingConfig
 from perturbsets.core.latent import sample_uniform_ball
 from perturbsets.core.perturbation_set import PerturbationSet
+from perturbsets.core.quality import METRICS
 from perturbsets.training.cvae import train_cvae
 from perturbsets.training.distributed import StepDraws, World, local_rows
 from perturbsets.training.loop import TIMING_KEYS
 from perturbsets.training.robust import InputTransform, build_classifier_model
+from perturbsets.workflows.learn import SET_DIR, evaluate_saved_set, learn_perturbation_set
 from perturbsets.workflows.robust import run_robust_training
 from perturbsets.workflows.sources import load_splits
 
-from builders import labelled_pairs, robust_config, save_robust_set
+from builders import as_rank, free_port, labelled_pairs, robust_config, save_robust_set
 
 
 def _config() -> Config:
@@ -40,34 +39,15 @@ def _config() -> Config:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_rank(rank: int, world: int, port: int, run) -> None:
-    """Run ``run()`` as rank ``rank`` of a torchrun-like launch (the environment torchrun sets)."""
-    os.environ.update(
-        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    )
-    torch.set_num_threads(1)
-    try:
-        run()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     config = _config()
-    _as_rank(rank, world, port, lambda: train_cvae(config, load_splits(config.data, config.seed), out, progress=False))
+    as_rank(rank, world, port, lambda: train_cvae(config, load_splits(config.data, config.seed), out, progress=False))
 
 
 def test_two_gloo_processes_reach_the_single_process_weights(tmp_path):
     config = _config()
     single = train_cvae(config, load_splits(config.data, config.seed), tmp_path / "one", progress=False)
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
     reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
     weights = [k for k in reference if k.startswith("model.")]
@@ -146,14 +126,14 @@ def test_attack_starts_of_each_rank_are_rows_of_the_single_process_starts(tmp_pa
 
 def _robust_rank(rank: int, world: int, port: int, set_dir: str, out: str, mode: str) -> None:
     config = _random_start_config(set_dir) if mode == "random_start" else robust_config(set_dir, mode)
-    _as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
+    as_rank(rank, world, port, lambda: run_robust_training(config, out, data=labelled_pairs(), progress=False))
 
 
 def _two_processes_reach_one(tmp_path, mode: str, atol: float = 1e-6) -> None:
     set_dir = save_robust_set(tmp_path / "set")
     config = _random_start_config(set_dir) if mode == "random_start" else robust_config(set_dir, mode)
     run_robust_training(config, tmp_path / "one", data=labelled_pairs(), progress=False)
-    mp.spawn(_robust_rank, args=(2, _free_port(), str(set_dir), str(tmp_path / "two"), mode), nprocs=2, join=True)
+    mp.spawn(_robust_rank, args=(2, free_port(), str(set_dir), str(tmp_path / "two"), mode), nprocs=2, join=True)
     ours = load_file(str(tmp_path / "two" / "checkpoints" / "latest.safetensors"))
     reference = load_file(str(tmp_path / "one" / "checkpoints" / "latest.safetensors"))
     for key in (k for k in reference if k.startswith("model.")):
@@ -173,3 +153,16 @@ def test_adversarial_training_with_random_starts_in_two_processes_reaches_one(tm
     differ by at most 1.6·10⁻⁶ (0.017 when each process drew its own starts).
     """
     _two_processes_reach_one(tmp_path, "random_start", atol=1e-5)
+
+
+def _learn_rank(rank: int, world: int, port: int, out: str) -> None:
+    as_rank(rank, world, port, lambda: learn_perturbation_set(_config(), out, progress=False))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_learn_a_set_whose_quality_is_what_one_process_measures_of_it(tmp_path):
+    """Both ranks evaluate rank 0's set after training, each its share of the batches; rank 0 saves and writes."""
+    mp.spawn(_learn_rank, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    written = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    again = evaluate_saved_set(tmp_path / "two" / SET_DIR, _config(), tmp_path / "again", progress=False).to_dict()
+    assert {k: written[k] for k in METRICS} == {k: again[k] for k in METRICS}
