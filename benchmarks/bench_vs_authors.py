@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -56,7 +57,7 @@ import perturbsets
 from perturbsets.certify.smoothed import SmoothedClassifier
 from perturbsets.core.perturbation_set import PerturbationSet
 from perturbsets.core.quality import approximation_errors
-from perturbsets.config.io import load_config
+from perturbsets.config.io import from_dict
 from perturbsets.config.learn import Config
 from perturbsets.cvae.mnist import STNGenerator
 from perturbsets.cvae.model import CVAE
@@ -87,7 +88,8 @@ def training_row(name: str, config: str, batch: int, steps: int, repeats: int) -
     ours_model = build_cvae(name).train()
     theirs_model = copy.deepcopy(ours_model)
     # Ours as the paper config trains it (e.g. channels-last weights); theirs as they did.
-    if load_config(PAPER_CONFIGS / config, Config).training.channels_last:
+    experiment = yaml.safe_load((PAPER_CONFIGS / config).read_text(encoding="utf-8"))
+    if from_dict(Config, experiment["perturbation_set"]).training.channels_last:
         ours_model.to(memory_format=torch.channels_last)
     x = torch.rand(batch, *ours_model.input_shape)
     x_tilde = torch.rand_like(x)
