@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from perturbsets import __version__
+from perturbsets._util.allocator import keep_freed_memory
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -196,6 +197,7 @@ def error_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as err:
