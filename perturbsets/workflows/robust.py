@@ -85,6 +85,12 @@ def run_robust_evaluation(
         if shard is not None:
             if pset is None:
                 raise ValueError("--shard splits certification, which needs a perturbation set (standard runs have none)")
+            if world.size > 1:
+                # Every rank would certify the same shard into the same store.
+                raise ValueError(
+                    f"--shard {shard} runs one certification shard in one process, but torchrun started {world.size}; "
+                    "start one plain process per shard (perturbsets robust-eval … --shard i/k), or leave out --shard"
+                )
             certify_shard(config, model, pset, test, out_dir, shard)
             return None
         if merge_shards is not None and world.is_main:

@@ -169,6 +169,20 @@ def test_sharded_certification_merges_into_the_unsharded_table_row_for_row(set_d
     assert merged.certified == whole.certified and merged.clean == whole.clean
 
 
+def test_a_certification_shard_under_torchrun_is_refused(set_dir, tmp_path, monkeypatch):
+    """Every rank would certify the same shard into the same store: refused, naming both ways to run it."""
+    from perturbsets.training.distributed import World
+    from perturbsets.workflows import robust as workflow
+
+    cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 40, "alpha": 0.05, "batch_size": 64, "max_examples": 7})
+    run_robust_training(cfg, tmp_path / "run", data=labelled_pairs(), progress=False)
+    monkeypatch.setattr(workflow, "init_distributed", lambda device: World(0, 2))
+    monkeypatch.setattr(workflow, "share_weights", lambda model, world: None)
+    with pytest.raises(ValueError, match=r"--shard 1/3 runs one certification shard in one process, but torchrun started 2"):
+        run_robust_evaluation(cfg, tmp_path / "run", tmp_path / "sharded", data=labelled_pairs(), progress=False, shard=Shard(1, 3))
+    assert not (tmp_path / "sharded" / "certify").exists() and not (tmp_path / "sharded" / "certify.tsv").exists()
+
+
 def test_merging_refuses_missing_shards_and_shards_of_other_settings(set_dir, tmp_path):
     cfg = config(set_dir, "smoothing", certify={"n0": 10, "n": 30, "alpha": 0.05, "batch_size": 64, "max_examples": 4})
     data = labelled_pairs()
