@@ -231,9 +231,10 @@ def robust_evaluate(
     ``certify.tsv`` (classification) or ``certify/`` (segmentation), resumably.
 
     With a ``shard`` of several processes (same model, set and data on each) every process
-    computes its share of the clean, perturbed, OOD and PGD batches; rank 0 gathers the
-    single-process figures, certifies alone, writes and returns the evaluation, and the
-    other processes return ``None``.
+    computes its share of the clean, perturbed, OOD and PGD batches and certifies the inputs
+    of its certification shard; rank 0 gathers the single-process figures, merges the
+    certificate stores, writes and returns the evaluation, and the other processes return
+    ``None``.
     """
     out_dir = Path(out_dir)
     device = resolve_device(config.training.device)
@@ -265,6 +266,14 @@ def robust_evaluate(
         for spec, scorer in zip(radii, pgd_scores(model, pset, images(), ev.attack, list(radii.values()), seed, shard)):
             scores[spec] = scorer = gathered(scorer, shard)
             pgd[spec] = scorer.accuracy
+    if pset is not None and ev.certify is not None and shard.size > 1:
+        # Every rank certifies the inputs of its shard into its own store, then rank 0 merges
+        # them; equal to one process's certificates, as each input's noise depends on (seed,
+        # input index) alone. The folder must be one every rank sees (one node, or shared).
+        certify_shard(config, model, pset, test, out_dir, Shard(shard.rank, shard.size))
+        shard.everyone(None)
+        if shard.is_main:
+            merge_certificate_shards(out_dir, shard.size)
     if not shard.is_main:
         return None
     certified: dict[str, float] = {}

@@ -68,7 +68,7 @@ def run_robust_evaluation(
     found in ``out_dir``, then evaluates as usual, reading the merged certificates.
 
     Under ``torchrun`` every rank evaluates its share of the batches of rank 0's model
-    (:func:`robust_evaluate`); rank 0 alone certifies, writes and returns the report.
+    (:func:`robust_evaluate`) and certifies its shard of the inputs; rank 0 merges, writes and returns the report.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device(config.training.device)

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from perturbsets.core.quality import METRICS, QualityReport, evaluate_quality
+from perturbsets.evaluation.certification_store import read_certificates
 from perturbsets.training.distributed import World, init_distributed
 from perturbsets.workflows.robust import run_robust_evaluation, run_robust_training
 
@@ -54,7 +55,7 @@ def _robust_config(set_dir, mode: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["standard", "smoothing"])
 def test_two_gloo_processes_write_the_single_process_robust_metrics(tmp_path, mode):
-    """The workflow under torchrun: both ranks evaluate (PGD, or PREDICT and rank 0's certificates), rank 0 writes."""
+    """The workflow under torchrun: both ranks evaluate (PGD, or PREDICT and a shard of the certificates each), rank 0 writes."""
     set_dir = save_robust_set(tmp_path / "set")
     config = _robust_config(set_dir, mode)
     run_robust_training(config, tmp_path / "run", data=labelled_pairs(), progress=False)
@@ -63,3 +64,9 @@ def test_two_gloo_processes_write_the_single_process_robust_metrics(tmp_path, mo
     mp.spawn(_robust_eval_rank, args=args, nprocs=2, join=True)
     one, two = (json.loads((tmp_path / d / "robust_metrics.json").read_text()) for d in ("one", "two"))
     assert two == one and (one["pgd"] if mode == "standard" else one["certified"])
+    if mode == "smoothing":
+        assert all((tmp_path / "two" / f"certify.shard-{i}-of-2.tsv").is_file() for i in range(2))
+        a, b = (read_certificates(tmp_path / d / "certify.tsv") for d in ("one", "two"))
+        assert len(a) == 4
+        for col in ("idx", "label", "predict", "radius", "correct"):
+            np.testing.assert_array_equal(a[col], b[col])
