@@ -207,7 +207,9 @@ class STNGenerator(nn.Module):
         # changes a version, .to() a storage, and either recomputes the product.
         key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
         if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
+            # Normal tensors even when first called under inference_mode, so a later
+            # attack (gradients to z) can save them for its backward pass.
+            with torch.inference_mode(False), torch.no_grad():
                 fc_w, fc_b = weights[0], weights[1]
                 w1, b1, w2, b2, w3, b3 = zip(*(weights[2 + 6 * i : 8 + 6 * i] for i in range(len(self.stns))))
                 folded = (

@@ -169,6 +169,18 @@ def test_stn_generator_frozen_fold_equals_layer_by_layer():
         torch.testing.assert_close(gen(z, x), expected, rtol=0, atol=1e-10)
 
 
+def test_stn_generator_fold_made_under_inference_mode_serves_a_later_attack():
+    cvae = _trained_like_stn().requires_grad_(False)
+    x = torch.rand(2, 1, 14, 14)
+    with torch.inference_mode():
+        first = cvae.generator(torch.zeros(2, 6), x)
+    z = torch.zeros(2, 6, requires_grad=True)
+    out = cvae.generator(z, x)
+    out.sum().backward()  # the fold cached under inference mode must be saveable for backward
+    torch.testing.assert_close(out.detach(), first)
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+
+
 def test_stn_generator_fold_gradient_in_z_and_cache_invalidation():
     cvae = _trained_like_stn().double().requires_grad_(False)
     gen = cvae.generator
