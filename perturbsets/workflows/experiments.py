@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from perturbsets._util.io import write_text
+from perturbsets._util.locking import folder_lock
 from perturbsets._util.registry import unknown_name_message
 from perturbsets.config.io import ConfigError, from_dict
 from perturbsets.config.learn import Config
@@ -190,6 +191,13 @@ def write_paper_table(table: str, out: str | Path, *, data: str | Path = "data")
     if not exps:
         tables = sorted({load_experiment(n).table for n in experiment_names()} | set(norms_of))
         raise ValueError(unknown_name_message("table", table, tables))
+    # Read the finished runs and write the table as one step, under the runs folder's lock: two
+    # experiments finishing together could otherwise each write a table missing the other's row.
+    with folder_lock(out, what="runs folder"):
+        return _collect_and_write(table, exps, out, norms_only)
+
+
+def _collect_and_write(table: str, exps: list[Experiment], out: Path, norms_only: bool) -> str:
     robust_records, quality_rows, norm_rows = [], [], []
     for exp in exps:
         if exp.robust is not None:

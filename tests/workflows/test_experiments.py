@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -15,6 +16,8 @@ from perturbsets.workflows.experiments import (
     write_paper_table,
 )
 from perturbsets.datasets.tiny import write_tiny_datasets
+
+from builders import LockHolder
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,23 @@ def test_tables_collect_the_rows(dirs):
     table2 = write_paper_table("Table 2", runs, data=data)
     assert "| Standard training |" in table2 and "| Method | Clean | Perturbed | OOD |" in table2
     assert (runs / "table_2.md").is_file()
+
+
+def test_a_table_waits_for_another_writer_of_the_runs_folder(dirs):
+    """Reading the finished runs and writing the table is one step under the runs folder's lock."""
+    data, runs = dirs
+    run_experiment("mnist-linf-fc", data, runs, smoke=True, progress=False)
+    holder = LockHolder()
+    try:
+        holder.hold(runs)
+        writer = threading.Thread(target=write_paper_table, args=("Table 4", runs), kwargs={"data": data})
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive(), "the table was written while another process held the runs folder"
+    finally:
+        holder.close()
+    writer.join(timeout=60)
+    assert not writer.is_alive() and "| Fully connected ℓ∞ |" in (runs / "table_4.md").read_text()
 
 
 def test_unknown_experiment_and_cli(dirs, capsys):
