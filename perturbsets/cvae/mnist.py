@@ -204,9 +204,10 @@ class STNGenerator(nn.Module):
 
     def _fold(self, weights: list[Tensor]) -> tuple[Tensor, ...]:
         # Keyed by storage and in-place version: an optimizer step or load_state_dict
-        # changes a version, .to() a storage, and either recomputes the product.
-        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
-        if self._folded is None or self._folded[0] != key:
+        # changes a version, .to() a storage, and either recomputes the product. Weights
+        # made under inference_mode have no version counter: then nothing is cached.
+        key = None if any(w.is_inference() for w in weights) else tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+        if key is None or self._folded is None or self._folded[0] != key:
             # Normal tensors even when first called under inference_mode, so a later
             # attack (gradients to z) can save them for its backward pass.
             with torch.inference_mode(False), torch.no_grad():

@@ -181,6 +181,19 @@ def test_stn_generator_fold_made_under_inference_mode_serves_a_later_attack():
     assert z.grad is not None and bool(torch.isfinite(z.grad).all())
 
 
+def test_stn_generator_with_weights_made_under_inference_mode():
+    with torch.inference_mode():
+        cvae = _trained_like_stn().requires_grad_(False)
+        x, z = torch.rand(2, 1, 14, 14), torch.randn(2, 6)
+        first = cvae.generator(z, x)
+        cvae.generator.stns[0].localization[1].weight.mul_(1.5)  # untracked in-place change
+        changed = cvae.generator(z, x)
+    assert not torch.allclose(first, changed)  # no stale cached product
+    loc = cvae.generator.fc(z).view(2, 1, 14, 14)
+    theta = torch.stack([stn(loc) for stn in cvae.generator.stns], 1)
+    torch.testing.assert_close(cvae.generator.thetas(z), theta, rtol=1e-4, atol=1e-5)
+
+
 def test_stn_generator_fold_gradient_in_z_and_cache_invalidation():
     cvae = _trained_like_stn().double().requires_grad_(False)
     gen = cvae.generator
