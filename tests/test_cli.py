@@ -45,6 +45,11 @@ def test_demo_quick_writes_the_whole_run(demo_dir):
     for row in rows:
         assert f"| {row} |" in table
     assert (demo_dir / "robust" / "smoothing" / "eval" / "certify.tsv").is_file()
+    # The verdicts are saved, and the report's claims table is exactly them.
+    claims = json.loads((demo_dir / "robust" / "claims.json").read_text())
+    assert len(claims) == 5 and all(set(c) == {"text", "measured", "holds"} for c in claims)
+    for c in claims:
+        assert f"| {c['text']} | {c['measured']} | {'yes' if c['holds'] else '**no**'} |" in report
 
 
 def test_demo_set_loads_and_samples(demo_dir):
