@@ -57,6 +57,11 @@ class BatchShard:
                 skip(batch)
         return out
 
+    def wait(self) -> None:
+        """Return once every process has reached this point (nothing for one process)."""
+        if self.size > 1:
+            dist.barrier()
+
     def everyone(self, value: T) -> list[T]:
         """Every process's ``value`` (picklable), in rank order, on every process (a collective)."""
         if self.size == 1:

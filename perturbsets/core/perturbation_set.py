@@ -442,7 +442,7 @@ class ConditionedSet:
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
         # Repeated rows are decoded: compute the context on the N inputs, not on N·m copies.
-        return self._derived(lambda t: t.repeat_interleave(m, dim=0), context=self.context)
+        return self._derived(lambda t: _each_row_repeated(t, m), context=self.context)
 
 
 def _each_row_repeated(t: Tensor, m: int) -> Tensor:

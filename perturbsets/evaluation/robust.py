@@ -271,7 +271,7 @@ def robust_evaluate(
         # them; equal to one process's certificates, as each input's noise depends on (seed,
         # input index) alone. The folder must be one every rank sees (one node, or shared).
         certify_shard(config, model, pset, test, out_dir, Shard(shard.rank, shard.size))
-        shard.everyone(None)
+        shard.wait()
         if shard.is_main:
             merge_certificate_shards(out_dir, shard.size)
     if not shard.is_main:

@@ -170,11 +170,6 @@ def sum_over_ranks(values: dict[str, float], world: World) -> dict[str, float]:
     return dict(zip(keys, flat.tolist()))
 
 
-def barrier(world: World) -> None:
-    if world.size > 1:
-        dist.barrier()
-
-
 def synchronize() -> None:
     """Wait for every rank (e.g. for rank 0 to save a set the next stage reads); nothing for one process."""
     if dist.is_available() and dist.is_initialized():

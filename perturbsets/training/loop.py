@@ -36,7 +36,6 @@ from perturbsets.pairs.source import PairSource
 from perturbsets.training.distributed import (
     StepDraws,
     average_gradients,
-    barrier,
     init_distributed,
     is_main_process,
     local_rows,
@@ -331,7 +330,7 @@ def fit(
 
         if log is not None:
             log.close()
-        barrier(world)  # rank 0's last checkpoint is on disk before anyone reads it
+        world.wait()  # rank 0's last checkpoint is on disk before anyone reads it
         load_checkpoint(ckpt_dir / (BEST if tc.select == "best" else LATEST), model)
         model.eval()
         return FitResult(history, best_epoch, best_val)
